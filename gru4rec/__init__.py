@@ -1,0 +1,12 @@
+"""GRU4Rec in PyTorch: session-parallel training, sampled losses, next-item evaluation."""
+__version__ = "0.1.0"
+
+from .config import Config, ConfigError, format_param_file, parse_param_string, read_param_file
+from .data import DataError, SessionData, load_session_data, read_events
+from .evaluate import EvalResult, evaluate
+from .model import GRU4Rec
+from .train import EpochInfo, Trainer, TrainingError
+
+__all__ = ["Config", "ConfigError", "DataError", "EpochInfo", "EvalResult", "GRU4Rec", "SessionData", "Trainer",
+           "TrainingError", "evaluate", "format_param_file", "load_session_data", "parse_param_string",
+           "read_events", "read_param_file"]

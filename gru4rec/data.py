@@ -1,0 +1,181 @@
+"""Reading session event files into compact arrays: item indices, session offsets and the item map."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SESSION_KEY, ITEM_KEY, TIME_KEY = "SessionId", "ItemId", "Time"
+
+
+class DataError(ValueError):
+    """An input file or frame cannot be used; the message names the file and the column or line."""
+
+
+def read_events(path: str | os.PathLike, session_key: str = SESSION_KEY, item_key: str = ITEM_KEY,
+                time_key: str = TIME_KEY) -> pd.DataFrame:
+    """Read an event file (.tsv/.txt TAB-separated, .csv, .parquet, .pickle/.pkl) with the three columns.
+
+    Item ids from text files are kept as strings so that ids are compared exactly as written.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    columns = [session_key, item_key, time_key]
+    try:
+        if suffix in (".tsv", ".txt", ".csv"):
+            sep = "," if suffix == ".csv" else "\t"
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            _check_columns(path, header, columns)
+            df = pd.read_csv(path, sep=sep, usecols=columns, dtype={item_key: str})
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+            _check_columns(path, pq.read_schema(path).names, columns)
+            df = pd.read_parquet(path, columns=columns)
+        elif suffix in (".pickle", ".pkl"):
+            df = pd.read_pickle(path)
+            if not isinstance(df, pd.DataFrame):
+                raise DataError(f"{path}: the pickle holds a {type(df).__name__}, not a DataFrame")
+            _check_columns(path, df.columns, columns)
+            df = df[columns]
+        else:
+            raise DataError(f"{path}: unknown file type {suffix!r}; use .tsv, .txt, .csv, .parquet, .pickle or .pkl")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except DataError:
+        raise
+    except Exception as e:  # parsers raise many types; report them with the file name
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    validate_events(df, str(path), session_key, item_key, time_key)
+    return df
+
+
+def _check_columns(source: Path | str, present, needed: list[str]) -> None:
+    missing = [c for c in needed if c not in set(present)]
+    if missing:
+        raise DataError(f"{source}: missing column {missing[0]!r} (columns present: {', '.join(map(str, present))}); "
+                        "set the column names with -sk/-ik/-tk")
+
+
+def validate_events(df: pd.DataFrame, source: str, session_key: str = SESSION_KEY, item_key: str = ITEM_KEY,
+                    time_key: str = TIME_KEY) -> None:
+    """Check the columns of an event frame: present, no missing ids, numeric time; name the first bad line."""
+    _check_columns(source, df.columns, [session_key, item_key, time_key])
+    if len(df) == 0:
+        raise DataError(f"{source}: the file has no events")
+    for key in (session_key, item_key):
+        bad = df[key].isna().to_numpy()
+        if bad.any():
+            raise DataError(f"{source}: column {key!r} is empty or NaN at {_line_of(df, bad)}")
+    time = df[time_key]
+    if not (pd.api.types.is_numeric_dtype(time) or pd.api.types.is_datetime64_any_dtype(time)) \
+            or pd.api.types.is_bool_dtype(time):
+        numeric = pd.to_numeric(time, errors="coerce")
+        raise DataError(f"{source}: column {time_key!r} is not numeric at {_line_of(df, numeric.isna().to_numpy())}"
+                        f" (value {time.iloc[int(np.argmax(numeric.isna().to_numpy()))]!r})")
+    if pd.api.types.is_numeric_dtype(time) and time.isna().any():
+        raise DataError(f"{source}: column {time_key!r} is empty or NaN at {_line_of(df, time.isna().to_numpy())}")
+
+
+def _line_of(df: pd.DataFrame, bad: np.ndarray) -> str:
+    """'line N' of the first bad row, counting the header as line 1 of a text file."""
+    row = int(np.argmax(bad))
+    return f"line {row + 2} (data row {row + 1})"
+
+
+def _time_values(time: pd.Series) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(time):
+        return time.to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
+    return time.to_numpy(dtype=np.float64)
+
+
+@dataclass
+class SessionData:
+    """Events as compact arrays, sessions ordered by start time and events by time within a session.
+
+    `items[offsets[s]:offsets[s+1]]` are the item indices of session s; `item_ids[i]` is the id of index i.
+    """
+
+    items: np.ndarray
+    offsets: np.ndarray
+    item_ids: pd.Index
+    n_dropped: int = 0
+
+    @property
+    def n_events(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def item_counts(self) -> np.ndarray:
+        """Number of events of each item index (its support in this data)."""
+        return np.bincount(self.items, minlength=self.n_items)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, item_ids: pd.Index | None = None, session_key: str = SESSION_KEY,
+                   item_key: str = ITEM_KEY, time_key: str = TIME_KEY, source: str = "data") -> "SessionData":
+        """Build the arrays from an event frame without modifying it.
+
+        With `item_ids` (a training item map) events of unknown items are dropped and counted;
+        without it the item map is the items in order of first appearance.
+        """
+        validate_events(df, source, session_key, item_key, time_key)
+        item_col = df[item_key]
+        if item_ids is None:
+            codes, uniques = pd.factorize(item_col)
+            item_ids = pd.Index(uniques)
+            keep = None
+        else:
+            codes = _lookup(item_ids, item_col)
+            keep = codes >= 0
+            if keep.all():
+                keep = None
+        sessions = df[session_key]
+        time = _time_values(df[time_key])
+        n_dropped = 0
+        if keep is not None:
+            n_dropped = int((~keep).sum())
+            codes, sessions, time = codes[keep], sessions[keep], time[keep]
+        if len(codes) == 0:
+            raise DataError(f"{source}: none of the {n_dropped} events has an item of the training item map")
+        session_codes = pd.factorize(sessions, sort=True)[0]
+        start = np.full(session_codes.max() + 1, np.inf)
+        np.minimum.at(start, session_codes, time)
+        # Stable sort: sessions by start time (then id), events by time, ties keep file order.
+        order = np.lexsort((time, session_codes, start[session_codes]))
+        sorted_sessions = session_codes[order]
+        boundaries = np.flatnonzero(np.diff(sorted_sessions)) + 1
+        offsets = np.concatenate(([0], boundaries, [len(order)])).astype(np.int64)
+        return cls(items=np.asarray(codes, dtype=np.int64)[order], offsets=offsets, item_ids=item_ids,
+                   n_dropped=n_dropped)
+
+
+def _lookup(item_ids: pd.Index, column: pd.Series) -> np.ndarray:
+    """Indices of `column` values in the item map (-1 where unknown), matching ids written as text too."""
+    values = column
+    if _is_text(item_ids) and not _is_text(values):
+        values = values.astype(str)
+    elif not _is_text(item_ids) and _is_text(values):
+        item_ids = item_ids.astype(str)
+    return item_ids.get_indexer(values)
+
+
+def _is_text(values: pd.Index | pd.Series) -> bool:
+    return pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype)
+
+
+def load_session_data(path: str | os.PathLike, item_ids: pd.Index | None = None, session_key: str = SESSION_KEY,
+                      item_key: str = ITEM_KEY, time_key: str = TIME_KEY) -> SessionData:
+    """Read an event file and build its SessionData (see `read_events` and `SessionData.from_frame`)."""
+    df = read_events(path, session_key, item_key, time_key)
+    return SessionData.from_frame(df, item_ids, session_key, item_key, time_key, source=str(path))

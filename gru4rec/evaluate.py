@@ -1,0 +1,87 @@
+"""Next-item evaluation (spec 8): recall and MRR at cut-offs from full-catalogue ranks, three tie modes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .batching import build_schedule
+from .data import SessionData
+from .model import GRU4Rec
+
+TIE_MODES = ("standard", "conservative", "median")
+SCORE_BUDGET = 1 << 25  # score-matrix elements computed at once (128 MB of float32)
+
+
+@dataclass
+class EvalResult:
+    """Recall@k and MRR@k per cut-off over `n` predictions; `n_dropped` test events had unknown items."""
+
+    recall: dict[int, float]
+    mrr: dict[int, float]
+    n: int
+    n_dropped: int = 0
+    cutoffs: list[int] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The official run.py result lines."""
+        return [f"Recall@{k}: {self.recall[k]:.6f} MRR@{k}: {self.mrr[k]:.6f}" for k in self.cutoffs]
+
+
+def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.Tensor:
+    """Rank of each row's target among all columns of `scores` under the tie mode (float)."""
+    t = scores.gather(1, targets[:, None])
+    greater = (scores > t).sum(dim=1)
+    if mode == "standard":
+        return (greater + 1).float()
+    equal = (scores == t).sum(dim=1)
+    if mode == "conservative":
+        return (greater + equal).float()
+    if mode == "median":
+        return greater + 0.5 * (equal - 1).float() + 1
+    raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
+
+
+@torch.no_grad()
+def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), mode: str = "standard",
+             batch_size: int = 512, progress: Callable[[Iterable, str], Iterable] | None = None) -> EvalResult:
+    """Evaluate next-item prediction on `data` (built with the model's item map), never stopping early."""
+    if mode not in TIE_MODES:
+        raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
+    if data.n_items != model.n_items:
+        raise ValueError("evaluation data must be built with the model's item map")
+    was_training = model.training
+    model.eval()
+    device = model.Wy.device
+    schedule = build_schedule(data.items, data.offsets, batch_size, pad=model.pad)
+    inputs = torch.as_tensor(schedule.inputs, device=device)
+    targets = torch.as_tensor(schedule.targets, device=device)
+    keep = torch.as_tensor(~schedule.resets, device=device, dtype=torch.float32)[:, :, None]
+    cut = torch.as_tensor(sorted(set(cutoffs)), device=device, dtype=torch.float32)
+    hits = torch.zeros(len(cut), device=device, dtype=torch.float64)
+    rr = torch.zeros(len(cut), device=device, dtype=torch.float64)
+    hidden = model.init_hidden(batch_size, device)
+    table = model.input_table
+    chunk = max(1, SCORE_BUDGET // model.n_items)
+    steps: Iterable[int] = range(schedule.n_steps)
+    if progress is not None:
+        steps = progress(steps, "evaluation")
+    for t in steps:
+        for i in range(len(hidden)):
+            hidden[i] = hidden[i] * keep[t]
+        h = model.step(table.index_select(0, inputs[t]), hidden)
+        active = targets[t] != model.pad
+        for lo in range(0, batch_size, chunk):
+            rows = slice(lo, lo + chunk)
+            ranks = ranks_of_targets(model.score_all(h[rows]), targets[t, rows].clamp(max=model.n_items - 1), mode)
+            hit = (ranks[:, None] <= cut[None, :]) & active[rows, None]
+            hits += hit.sum(dim=0)
+            rr += (hit / ranks[:, None]).sum(dim=0)
+    model.train(was_training)
+    n = schedule.n_pairs
+    keys = [int(k) for k in cut.tolist()]
+    recall = (hits / max(n, 1)).tolist()
+    mrr = (rr / max(n, 1)).tolist()
+    return EvalResult(recall=dict(zip(keys, recall)), mrr=dict(zip(keys, mrr)), n=n, n_dropped=data.n_dropped,
+                      cutoffs=[int(k) for k in cutoffs])

@@ -1,0 +1,133 @@
+"""The GRU4Rec network (spec 4): input by embedding mode, stacked GRU layers, scores against Wy and By.
+
+Item tables (Wy, By, the separate embedding E, and the one-hot input table of mode none) carry one
+extra zero row at index `n_items`, the padding item of idle slots; it never receives a gradient.
+The caller gathers the item rows a step needs and passes them in, so gradients stay row-sized.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import Config
+
+
+def uniform_blocks(rows: int, cols: int, blocks: int, generator: torch.Generator) -> torch.Tensor:
+    """A (rows, cols * blocks) matrix, each (rows, cols) block uniform in +-sqrt(6 / (rows + cols))."""
+    bound = math.sqrt(6.0 / (rows + cols))
+    parts = [(torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+             for _ in range(blocks)]
+    return torch.cat(parts, dim=1).float()
+
+
+def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Inverted dropout drawing its mask from `generator`, so training is reproducible and resumable."""
+    if p <= 0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep / (1.0 - p)
+
+
+class GRU4Rec(nn.Module):
+    """Parameters and forward computation of GRU4Rec for `n_items` items."""
+
+    def __init__(self, config: Config, n_items: int, generator: torch.Generator | None = None):
+        super().__init__()
+        if generator is None:
+            generator = torch.Generator().manual_seed(config.seed)
+        self.config = config
+        self.n_items = n_items
+        self.mode = config.embedding_mode
+        layers = config.layers
+        h_last = layers[-1]
+
+        def item_table(width: int, blocks: int = 1) -> nn.Parameter:
+            init = uniform_blocks(n_items, width, blocks, generator)
+            return nn.Parameter(torch.cat([init, torch.zeros(1, width * blocks)]))
+
+        self.Wy = item_table(h_last)
+        self.By = nn.Parameter(torch.zeros(n_items + 1))
+        if self.mode == "separate":
+            self.E = item_table(config.embedding)
+            in_size = config.embedding
+        elif self.mode == "shared":
+            in_size = h_last
+        else:
+            # Original GRU formulation for the one-hot first layer: gates laid out (n, r, z).
+            h0 = layers[0]
+            self.Wx0 = item_table(h0, 3)
+            self.Urz0 = nn.Parameter(uniform_blocks(h0, h0, 2, generator))
+            self.Un0 = nn.Parameter(uniform_blocks(h0, h0, 1, generator))
+            self.b0 = nn.Parameter(torch.zeros(3 * h0))
+            in_size = h0
+        first_cell = 1 if self.mode == "none" else 0
+        self.cells = nn.ModuleList()
+        for i, size in enumerate(layers[first_cell:], start=first_cell):
+            cell = nn.GRUCell(in_size, size)
+            with torch.no_grad():
+                cell.weight_ih.copy_(uniform_blocks(size, in_size, 3, generator).view(size, 3, in_size)
+                                     .transpose(0, 1).reshape(3 * size, in_size))
+                cell.weight_hh.copy_(uniform_blocks(size, size, 3, generator).view(size, 3, size)
+                                     .transpose(0, 1).reshape(3 * size, size))
+                cell.bias_ih.zero_()
+                cell.bias_hh.zero_()
+            self.cells.append(cell)
+            in_size = size
+
+    @property
+    def pad(self) -> int:
+        """Index of the padding row of the item tables."""
+        return self.n_items
+
+    @property
+    def input_table(self) -> nn.Parameter:
+        """The item table whose rows are the first layer's input."""
+        return {"shared": self.Wy, "separate": getattr(self, "E", None), "none": getattr(self, "Wx0", None)}[self.mode]
+
+    def item_tables(self) -> list[nn.Parameter]:
+        """Parameters updated row by row (spec 7)."""
+        tables = [self.Wy, self.By]
+        if self.mode != "shared":
+            tables.append(self.input_table)
+        return tables
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated as a whole."""
+        row_wise = {id(t) for t in self.item_tables()}
+        return [p for p in self.parameters() if id(p) not in row_wise]
+
+    def init_hidden(self, batch: int, device: torch.device) -> list[torch.Tensor]:
+        return [torch.zeros(batch, size, device=device) for size in self.config.layers]
+
+    def step(self, x: torch.Tensor, hidden: list[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Advance all layers one step from the input rows `x`; update `hidden` in place (list items).
+
+        With a generator, dropout is applied (training); the dropped-out output is also what each
+        layer carries to the next step, as in the original. Returns the last layer's output.
+        """
+        cfg = self.config
+        p_embed = cfg.dropout_p_embed if generator is not None else 0.0
+        p_hidden = cfg.dropout_p_hidden if generator is not None else 0.0
+        first = 0
+        if self.mode == "none":
+            h = hidden[0]
+            xn, xr, xz = (x + self.b0).chunk(3, dim=1)
+            hr, hz = (h @ self.Urz0).chunk(2, dim=1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + (r * h) @ self.Un0)
+            x = dropout((1 - z) * h + z * n, p_embed, generator)
+            hidden[0] = x
+            first = 1
+        else:
+            x = dropout(x, p_embed, generator)
+        for i, cell in enumerate(self.cells, start=first):
+            x = dropout(cell(x, hidden[i]), p_hidden, generator)
+            hidden[i] = x
+        return x
+
+    def score_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores of every item (not the padding row) for each row of `h`."""
+        return torch.addmm(self.By[:self.n_items], h, self.Wy[:self.n_items].T)

@@ -1,0 +1,61 @@
+"""Negative sampling proportional to support^alpha, served from a pre-generated sample store (spec 5)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DEFAULT_STORE_SIZE = 10_000_000
+
+
+class SampleStore:
+    """Holds many minibatches' worth of samples on the device, one row per step, refilled when used up.
+
+    Generation is inverse-CDF by a vectorised `searchsorted`. The store is reproducible from the
+    generator state at its last refill, which is all a checkpoint needs to keep.
+    """
+
+    def __init__(self, counts: np.ndarray, alpha: float, n_sample: int, generator: torch.Generator,
+                 device: torch.device, store_size: int = DEFAULT_STORE_SIZE):
+        weights = torch.as_tensor(counts, dtype=torch.float64) ** alpha
+        cdf = torch.cumsum(weights, 0) / weights.sum()
+        cdf[-1] = 1.0
+        self.cdf = cdf.to(device=device, dtype=torch.float32)
+        self.n_items = len(counts)
+        self.n_sample = n_sample
+        self.rows = max(1, store_size // n_sample) if n_sample > 0 else 0
+        self.generator = generator
+        self.device = device
+        self.store = torch.empty((0, n_sample), dtype=torch.int64, device=device)
+        self.ptr = 0
+        self.fill_state: torch.Tensor | None = None
+
+    def _fill(self) -> None:
+        self.fill_state = self.generator.get_state()
+        u = torch.rand(self.rows * self.n_sample, generator=self.generator, device=self.device)
+        idx = torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.n_items - 1)
+        self.store = idx.view(self.rows, self.n_sample)
+        self.ptr = 0
+
+    def next(self) -> torch.Tensor:
+        """The samples for one step (a view of one store row)."""
+        if self.ptr >= len(self.store):
+            self._fill()
+        row = self.store[self.ptr]
+        self.ptr += 1
+        return row
+
+    def state_dict(self) -> dict:
+        """Compact state: generator state at the last refill and the read position."""
+        return {"fill_state": self.fill_state, "ptr": self.ptr}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rebuild the store exactly as it was, then restore the generator to its current state."""
+        if state["fill_state"] is None:
+            self.store = self.store[:0]
+            self.ptr = 0
+            return
+        current = self.generator.get_state()
+        self.generator.set_state(state["fill_state"])
+        self._fill()
+        self.generator.set_state(current)
+        self.ptr = int(state["ptr"])

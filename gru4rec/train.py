@@ -1,0 +1,171 @@
+"""The training loop: session-parallel steps, epoch by epoch, with a per-epoch callback and resumable state."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .batching import build_schedule
+from .config import Config
+from .data import SessionData
+from .evaluate import EvalResult, evaluate
+from .losses import bpr_max, cross_entropy
+from .model import GRU4Rec
+from .optim import IndexedAdagradM
+from .sampling import DEFAULT_STORE_SIZE, SampleStore
+
+Progress = Callable[[Iterable, str], Iterable]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss became NaN)."""
+
+
+@dataclass
+class EpochInfo:
+    """What the per-epoch callback receives."""
+
+    epoch: int
+    loss: float
+    seconds: float
+    events_per_s: float
+    minibatches_per_s: float
+    metrics: EvalResult | None = None
+
+    def line(self) -> str:
+        """The official run.py per-epoch line."""
+        return (f"Epoch{self.epoch} --> loss: {self.loss:.6f} ({self.seconds:.2f}s) "
+                f"[{self.minibatches_per_s:.2f} mb/s | {self.events_per_s:.0f} e/s]")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    """Trains a GRU4Rec model on one dataset; `epoch` counts finished epochs and survives save/restore."""
+
+    def __init__(self, config: Config, data: SessionData, device: str | torch.device | None = None,
+                 store_size: int = DEFAULT_STORE_SIZE):
+        self.config = config
+        self.data = data
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = GRU4Rec(config, data.n_items).to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.optimizer = IndexedAdagradM(self.model.dense_parameters(), self.model.item_tables(),
+                                         config.learning_rate, config.momentum)
+        counts = data.item_counts()
+        self.store = SampleStore(counts, config.sample_alpha, config.n_sample, self.generator, self.device,
+                                 store_size)
+        log_counts = np.log(np.maximum(counts, 1)).astype(np.float32)
+        self.log_pop = torch.as_tensor(np.append(log_counts, 0.0), device=self.device)
+        schedule = build_schedule(data.items, data.offsets, config.batch_size, pad=self.model.pad,
+                                  stop_below=2 if config.n_sample == 0 else 1)
+        self.n_steps = schedule.n_steps
+        self.n_pairs = schedule.n_pairs
+        as_dev = lambda a, dtype=None: torch.as_tensor(a, device=self.device, dtype=dtype)  # noqa: E731
+        self.inputs = as_dev(schedule.inputs)
+        self.targets = as_dev(schedule.targets)
+        self.keep = as_dev(~schedule.resets, torch.float32)[:, :, None]
+        self.active = self.targets != self.model.pad
+        self.n_active = as_dev(schedule.n_active, torch.float32)
+        self.epoch = 0
+
+    def _step(self, t: int, hidden: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+        """One minibatch: forward, loss, gradients, optimiser update. Returns the step loss (on device)."""
+        cfg, model, B = self.config, self.model, self.config.batch_size
+        for i in range(len(hidden)):
+            hidden[i] = hidden[i] * self.keep[t]
+        inputs, targets = self.inputs[t], self.targets[t]
+        samples = self.store.next() if cfg.n_sample > 0 else None
+        cols = torch.cat([targets, samples]) if samples is not None else targets
+        valid[:B] = self.active[t]
+        with torch.no_grad():
+            if model.mode == "shared":
+                in_rows = torch.cat([inputs, cols])
+                leaves = [model.Wy.index_select(0, in_rows)]
+            else:
+                leaves = [model.input_table.index_select(0, inputs), model.Wy.index_select(0, cols)]
+            b_out = model.By.index_select(0, cols).requires_grad_()
+        for leaf in leaves:
+            leaf.requires_grad_()
+        x, w_out = (leaves[0][:B], leaves[0][B:]) if model.mode == "shared" else leaves
+        h = model.step(x, hidden, self.generator)
+        scores = torch.addmm(b_out, h, w_out.T)
+        if cfg.loss == "cross-entropy":
+            log_q = None
+            if cfg.logq > 0:
+                log_q = self.log_pop.index_select(0, targets)
+                if samples is not None:
+                    log_q = torch.cat([log_q, self.log_pop.index_select(0, samples) * cfg.sample_alpha])
+                log_q = log_q * cfg.logq
+            rows = cross_entropy(scores, valid, log_q)
+        else:
+            rows = bpr_max(scores, valid, cfg.elu_param, cfg.bpreg)
+        loss = rows.sum() / B
+        dense = self.optimizer.dense
+        grads = torch.autograd.grad(loss, dense + leaves + [b_out])
+        self.optimizer.step_dense(list(grads[:len(dense)]))
+        leaf_grads = grads[len(dense):]
+        if model.mode == "shared":
+            self.optimizer.step_rows(model.Wy, in_rows, leaf_grads[0])
+        else:
+            self.optimizer.step_rows(model.input_table, inputs, leaf_grads[0])
+            self.optimizer.step_rows(model.Wy, cols, leaf_grads[1])
+        self.optimizer.step_rows(model.By, cols, leaf_grads[-1])
+        for i in range(len(hidden)):
+            hidden[i] = hidden[i].detach()
+        return loss.detach()
+
+    def train_epoch(self, progress: Progress | None = None) -> EpochInfo:
+        """Run one epoch over the whole training data and return its summary."""
+        cfg = self.config
+        self.model.train()
+        hidden = self.model.init_hidden(cfg.batch_size, self.device)
+        valid = torch.ones(cfg.batch_size + cfg.n_sample, dtype=torch.bool, device=self.device)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        steps: Iterable[int] = range(self.n_steps)
+        if progress is not None:
+            steps = progress(steps, f"epoch {self.epoch + 1}")
+        start = time.perf_counter()
+        for t in steps:
+            loss_sum += self._step(t, hidden, valid) * self.n_active[t]
+        mean_loss = loss_sum.item() / max(self.n_pairs, 1)
+        seconds = time.perf_counter() - start
+        self.epoch += 1
+        if not np.isfinite(mean_loss):
+            raise TrainingError(f"the loss became {mean_loss} in epoch {self.epoch}; "
+                                "try a lower learning_rate or a different loss setting")
+        return EpochInfo(epoch=self.epoch, loss=mean_loss, seconds=seconds,
+                         events_per_s=self.n_pairs / seconds, minibatches_per_s=self.n_steps / seconds)
+
+    def fit(self, n_epochs: int | None = None, callback: Callable[[EpochInfo], None] | None = None,
+            valid: SessionData | None = None, cutoffs: Sequence[int] = (20,), mode: str = "standard",
+            progress: Progress | None = None) -> GRU4Rec:
+        """Train until `n_epochs` (default: config.n_epochs) epochs are done, continuing from `self.epoch`.
+
+        After every epoch `callback` gets the epoch's loss and speed, with metrics on `valid` if given.
+        """
+        n_epochs = self.config.n_epochs if n_epochs is None else n_epochs
+        while self.epoch < n_epochs:
+            info = self.train_epoch(progress)
+            if valid is not None:
+                info.metrics = evaluate(self.model, valid, cutoffs, mode, progress=progress)
+            if callback is not None:
+                callback(info)
+        return self.model
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue training exactly: model, optimiser, sample store, RNG, epoch."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "store": self.store.state_dict(), "generator": self.generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.store.load_state_dict(state["store"])
+        self.epoch = int(state["epoch"])

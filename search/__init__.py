@@ -1,0 +1,1 @@
+"""Hyperparameter search for GRU4Rec on Ray Tune + Optuna."""

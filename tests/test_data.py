@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from gru4rec.data import DataError, SessionData, load_session_data, read_events
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = write(tmp_path, "a.tsv", "SessionId\tItem\tTime\n1\t2\t3\n")
+    with pytest.raises(DataError, match=r"a\.tsv: missing column 'ItemId'"):
+        read_events(path)
+
+
+def test_empty_file(tmp_path):
+    with pytest.raises(DataError, match=r"e\.tsv: the file is empty"):
+        read_events(write(tmp_path, "e.tsv", ""))
+    with pytest.raises(DataError, match=r"h\.tsv: the file has no events"):
+        read_events(write(tmp_path, "h.tsv", "SessionId\tItemId\tTime\n"))
+
+
+def test_non_numeric_time_names_line(tmp_path):
+    path = write(tmp_path, "t.csv", "SessionId,ItemId,Time\n1,5,10\n1,6,11\n2,7,noon\n")
+    with pytest.raises(DataError, match=r"t\.csv: column 'Time' is not numeric at line 4.*'noon'"):
+        read_events(path)
+
+
+def test_nan_ids_name_line(tmp_path):
+    path = write(tmp_path, "n.tsv", "SessionId\tItemId\tTime\n1\t5\t10\n\t6\t11\n")
+    with pytest.raises(DataError, match=r"n\.tsv: column 'SessionId' is empty or NaN at line 3"):
+        read_events(path)
+
+
+def test_sessions_ordered_by_start_events_by_time_stable_and_input_untouched():
+    df = pd.DataFrame({
+        "SessionId": ["b", "a", "b", "a", "c", "c", "c"],
+        "ItemId": [10, 20, 30, 40, 50, 60, 70],
+        "Time": [5.0, 1.0, 2.0, 3.0, 4.0, 4.0, 4.0],
+    })
+    before = df.copy()
+    data = SessionData.from_frame(df)
+    pd.testing.assert_frame_equal(df, before)
+    ids = np.asarray(data.item_ids)[data.items]
+    # a starts at 1, b at 2, c at 4; c's equal timestamps keep file order.
+    assert ids.tolist() == [20, 40, 30, 10, 50, 60, 70]
+    assert data.offsets.tolist() == [0, 2, 4, 7]
+    assert list(data.item_ids) == [10, 20, 30, 40, 50, 60, 70]  # first appearance
+
+
+def test_wide_session_ids_do_not_overflow():
+    big = 2**40
+    df = pd.DataFrame({"SessionId": [big + 1, big, big + 1, big], "ItemId": [1, 2, 3, 4], "Time": [0, 1, 2, 3]})
+    data = SessionData.from_frame(df)
+    assert data.n_sessions == 2 and data.offsets.tolist() == [0, 2, 4]
+
+
+def test_unknown_items_dropped_and_counted_text_ids_match_int_map(tmp_path):
+    train = SessionData.from_frame(pd.DataFrame({"SessionId": [1, 1], "ItemId": [7, 8], "Time": [0, 1]}))
+    path = write(tmp_path, "test.tsv", "SessionId\tItemId\tTime\n1\t7\t0\n1\t9\t1\n1\t8\t2\n")
+    test = load_session_data(path, train.item_ids)
+    assert test.n_dropped == 1
+    assert test.items.tolist() == [0, 1]
+
+
+def test_all_items_unknown_is_an_error(tmp_path):
+    train = SessionData.from_frame(pd.DataFrame({"SessionId": [1, 1], "ItemId": [7, 8], "Time": [0, 1]}))
+    path = write(tmp_path, "u.tsv", "SessionId\tItemId\tTime\n1\t3\t0\n1\t4\t1\n")
+    with pytest.raises(DataError, match=r"u\.tsv: none of the 2 events"):
+        load_session_data(path, train.item_ids)
+
+
+def test_formats_agree(tmp_path):
+    df = pd.DataFrame({"SessionId": [3, 3, 1, 1, 1], "ItemId": [5, 6, 6, 7, 5], "Time": [9, 10, 1, 2, 3]})
+    df.to_csv(tmp_path / "d.tsv", sep="\t", index=False)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.to_parquet(tmp_path / "d.parquet")
+    df.to_pickle(tmp_path / "d.pkl")
+    loaded = [load_session_data(tmp_path / f"d.{ext}") for ext in ("tsv", "csv", "parquet", "pkl")]
+    for d in loaded[1:]:
+        assert d.items.tolist() == loaded[0].items.tolist()
+        assert d.offsets.tolist() == loaded[0].offsets.tolist()
+        assert [str(x) for x in d.item_ids] == [str(x) for x in loaded[0].item_ids]
