@@ -77,7 +77,7 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
             ranks = ranks_of_targets(model.score_all(h[rows]), targets[t, rows].clamp(max=model.n_items - 1), mode)
             hit = (ranks[:, None] <= cut[None, :]) & active[rows, None]
             hits += hit.sum(dim=0)
-            rr += (hit / ranks[:, None]).sum(dim=0)
+            rr += (hit / ranks[:, None].double()).sum(dim=0)
     model.train(was_training)
     n = schedule.n_pairs
     keys = [int(k) for k in cut.tolist()]
