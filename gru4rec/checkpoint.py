@@ -33,6 +33,9 @@ def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     except OSError as e:
         raise ModelFileError(f"{path}: cannot write here ({e.strerror})") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
