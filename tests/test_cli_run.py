@@ -12,7 +12,7 @@ from gru4rec.config import read_param_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rsc15_100k"
-SPACES = ROOT / "spaces"
+SPACES = ROOT / "spaces" / "best"
 GRU4REC = shutil.which("gru4rec", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/rsc15_100k")
 SMALL = "layers=32,n_epochs=2,n_sample=128,batch_size=32,learning_rate=0.1,dropout_p_hidden=0.2"
