@@ -1,0 +1,1 @@
+"""Public session datasets: preprocessing pipelines and a synthetic generator."""
