@@ -1,6 +1,7 @@
 """The two GRU4Rec losses on a score matrix whose target for row j is column j (spec 6).
 
 `valid` masks the columns that take part (idle slots' targets are excluded); idle rows give zero loss.
+`valid=None` means every column takes part (the common case, which then skips the masking).
 Both return the per-row losses; the trainer sums them and divides by the configured batch size.
 """
 from __future__ import annotations
@@ -18,24 +19,30 @@ def _neg_log(log_p: torch.Tensor) -> torch.Tensor:
     return -torch.logaddexp(log_p, torch.full_like(log_p, _LOG_EPS))
 
 
-def cross_entropy(scores: torch.Tensor, valid: torch.Tensor, log_q: torch.Tensor | None = None) -> torch.Tensor:
+def cross_entropy(scores: torch.Tensor, valid: torch.Tensor | None,
+                  log_q: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy; `log_q` (already scaled by the logq strength) is subtracted per column."""
     if log_q is not None:
         scores = scores - log_q
+    if valid is None:
+        return _neg_log(torch.log_softmax(scores, dim=1).diagonal())
     scores = scores.masked_fill(~valid, float("-inf"))
     log_p = torch.log_softmax(scores, dim=1).diagonal()
     return torch.where(valid[: scores.shape[0]], _neg_log(log_p), 0.0)
 
 
-def bpr_max(scores: torch.Tensor, valid: torch.Tensor, elu_param: float, bpreg: float) -> torch.Tensor:
+def bpr_max(scores: torch.Tensor, valid: torch.Tensor | None, elu_param: float, bpreg: float) -> torch.Tensor:
     """BPR-max: softmax-weighted BPR over the negatives plus bpreg times the weighted squared scores."""
     if elu_param > 0:
         scores = F.elu(scores, alpha=elu_param)
     rows = scores.shape[0]
-    negatives = valid.expand(rows, -1).clone()
+    if valid is None:
+        negatives = torch.ones_like(scores, dtype=torch.bool)
+    else:
+        negatives = valid.expand(rows, -1).clone()
     negatives[:, :rows].fill_diagonal_(False)
     weights = torch.softmax(scores.masked_fill(~negatives, float("-inf")), dim=1)
     target = scores.diagonal()[:, None]
     ranked = (torch.sigmoid(target - scores) * weights).sum(dim=1)
     loss = -torch.log(ranked + 1e-24) + bpreg * (weights * scores.square()).sum(dim=1)
-    return torch.where(valid[:rows], loss, 0.0)
+    return loss if valid is None else torch.where(valid[:rows], loss, 0.0)

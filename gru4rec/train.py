@@ -72,6 +72,7 @@ class Trainer:
         self.keep = as_dev(~schedule.resets, torch.float32)[:, :, None]
         self.active = self.targets != self.model.pad
         self.n_active = as_dev(schedule.n_active, torch.float32)
+        self.full = schedule.n_active == config.batch_size  # host-side: steps that need no masking
         self.epoch = 0
 
     def _step(self, t: int, hidden: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,10 @@ class Trainer:
         inputs, targets = self.inputs[t], self.targets[t]
         samples = self.store.next() if cfg.n_sample > 0 else None
         cols = torch.cat([targets, samples]) if samples is not None else targets
-        valid[:B] = self.active[t]
+        mask = None
+        if not self.full[t]:
+            valid[:B] = self.active[t]
+            mask = valid
         with torch.no_grad():
             if model.mode == "shared":
                 in_rows = torch.cat([inputs, cols])
@@ -102,20 +106,20 @@ class Trainer:
                 if samples is not None:
                     log_q = torch.cat([log_q, self.log_pop.index_select(0, samples) * cfg.sample_alpha])
                 log_q = log_q * cfg.logq
-            rows = cross_entropy(scores, valid, log_q)
+            rows = cross_entropy(scores, mask, log_q)
         else:
-            rows = bpr_max(scores, valid, cfg.elu_param, cfg.bpreg)
+            rows = bpr_max(scores, mask, cfg.elu_param, cfg.bpreg)
         loss = rows.sum() / B
         dense = self.optimizer.dense
         grads = torch.autograd.grad(loss, dense + leaves + [b_out])
         self.optimizer.step_dense(list(grads[:len(dense)]))
         leaf_grads = grads[len(dense):]
         if model.mode == "shared":
-            self.optimizer.step_rows(model.Wy, in_rows, leaf_grads[0])
+            self.optimizer.step_rows(model.Wy, in_rows, leaf_grads[0], leaves[0].detach())
         else:
-            self.optimizer.step_rows(model.input_table, inputs, leaf_grads[0])
-            self.optimizer.step_rows(model.Wy, cols, leaf_grads[1])
-        self.optimizer.step_rows(model.By, cols, leaf_grads[-1])
+            self.optimizer.step_rows(model.input_table, inputs, leaf_grads[0], leaves[0].detach())
+            self.optimizer.step_rows(model.Wy, cols, leaf_grads[1], leaves[1].detach())
+        self.optimizer.step_rows(model.By, cols, leaf_grads[-1], b_out.detach())
         for i in range(len(hidden)):
             hidden[i] = hidden[i].detach()
         return loss.detach()
