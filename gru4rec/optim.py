@@ -17,7 +17,9 @@ class IndexedAdagradM:
     (nothing forces a device synchronisation).
     """
 
-    def __init__(self, dense: list[torch.Tensor], tables: list[torch.Tensor], lr: float, momentum: float):
+    def __init__(self, dense: list[torch.Tensor], tables: list[torch.Tensor], lr: float, momentum: float,
+                 unique_rows: bool | None = None):
+        self.unique_rows = unique_rows  # None: decided per table, see step_rows
         self.dense = dense
         self.tables = tables
         self.lr = lr
@@ -54,11 +56,15 @@ class IndexedAdagradM:
                   current: torch.Tensor | None = None) -> None:
         """Update the `rows` of `table` given the gradient of each gathered row (duplicates allowed).
 
-        `current` may pass `table[rows]` when the caller already gathered it. On the CPU duplicates
-        are merged with `unique`, which halves the memory traffic; on accelerators, where `unique`
-        would synchronise with the host, they are summed in the scratch table instead.
+        `current` may pass `table[rows]` when the caller already gathered it. For matrices on the
+        CPU duplicates are merged with `unique`, which halves the memory traffic; on accelerators,
+        where `unique` would synchronise with the host, and for vectors (cheap either way) they are
+        summed in the scratch table instead.
         """
-        if rows.device.type == "cpu":
+        unique = self.unique_rows
+        if unique is None:
+            unique = rows.device.type == "cpu" and table.dim() > 1
+        if unique:
             rows, inverse = torch.unique(rows, return_inverse=True)
             g = grad.new_zeros((len(rows),) + grad.shape[1:]).index_add_(0, inverse, grad)
             table.index_add_(0, rows, self._row_delta(table, rows, g))

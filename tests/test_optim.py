@@ -29,12 +29,13 @@ def test_dense_update_matches_formula(momentum):
     np.testing.assert_allclose(param.numpy(), p, rtol=1e-12)
 
 
+@pytest.mark.parametrize("unique_rows", [True, False])  # the CPU path and the accelerator path
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
-def test_row_update_sums_duplicates_and_leaves_other_rows_untouched(momentum):
+def test_row_update_sums_duplicates_and_leaves_other_rows_untouched(momentum, unique_rows):
     rng = np.random.default_rng(1)
     p0 = rng.normal(size=(6, 3))
     table = torch.tensor(p0, dtype=torch.float64)
-    opt = IndexedAdagradM([], [table], lr=0.05, momentum=momentum)
+    opt = IndexedAdagradM([], [table], lr=0.05, momentum=momentum, unique_rows=unique_rows)
     p, acc, mom = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
     for rows in ([1, 3, 1], [3, 4], [1, 1, 1, 5]):
         g = rng.normal(size=(len(rows), 3))
