@@ -1,6 +1,8 @@
 """Negative sampling proportional to support^alpha, served from a pre-generated sample store (spec 5)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -32,9 +34,17 @@ class SampleStore:
     def _fill(self) -> None:
         self.fill_state = self.generator.get_state()
         u = torch.rand(self.rows * self.n_sample, generator=self.generator, device=self.device)
-        idx = torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.n_items - 1)
-        self.store = idx.view(self.rows, self.n_sample)
+        self.store = self._inverse_cdf(u).clamp_(max=self.n_items - 1).view(self.rows, self.n_sample)
         self.ptr = 0
+
+    def _inverse_cdf(self, u: torch.Tensor) -> torch.Tensor:
+        """Item index of each uniform draw; on the CPU, chunks run on all torch threads at once."""
+        threads = torch.get_num_threads()
+        if u.device.type != "cpu" or threads == 1 or len(u) < 1 << 20:
+            return torch.searchsorted(self.cdf, u, right=True)
+        with ThreadPoolExecutor(threads) as pool:  # torch.searchsorted is single-threaded on the CPU
+            parts = pool.map(lambda chunk: torch.searchsorted(self.cdf, chunk, right=True), u.chunk(threads))
+            return torch.cat(list(parts))
 
     def next(self) -> torch.Tensor:
         """The samples for one step (a view of one store row)."""

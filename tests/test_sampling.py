@@ -43,3 +43,17 @@ def test_state_restores_the_same_future_samples():
     b.generator.set_state(gen_state)
     b.load_state_dict(state)
     assert all(torch.equal(b.next(), e) for e in expected)
+
+
+def test_threaded_fill_equals_one_searchsorted():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s = store(np.arange(1, 5000), 0.5, n_sample=1000, size=2_000_000)
+        state = s.generator.get_state()
+        first = s.next()
+        u = torch.rand(2_000_000, generator=torch.Generator().set_state(state))
+        expected = torch.searchsorted(s.cdf, u, right=True).clamp_(max=s.n_items - 1).view(s.rows, 1000)
+        assert torch.equal(s.store, expected) and torch.equal(first, expected[0])
+    finally:
+        torch.set_num_threads(threads)
