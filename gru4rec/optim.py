@@ -53,14 +53,18 @@ class IndexedAdagradM:
 
     @torch.no_grad()
     def step_rows(self, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
-                  current: torch.Tensor | None = None) -> None:
+                  current: torch.Tensor | None = None, unique_rows: bool = False) -> None:
         """Update the `rows` of `table` given the gradient of each gathered row (duplicates allowed).
 
-        `current` may pass `table[rows]` when the caller already gathered it. For matrices on the
+        `current` may pass `table[rows]` when the caller already gathered it; `unique_rows` says that
+        `rows` has no duplicates (then nothing needs merging). For matrices on the
         CPU duplicates are merged with `unique`, which halves the memory traffic; on accelerators,
         where `unique` would synchronise with the host, and for vectors (cheap either way) they are
         summed in the scratch table instead.
         """
+        if unique_rows:
+            table.index_add_(0, rows, self._row_delta(table, rows, grad))
+            return
         unique = self.unique_rows
         if unique is None:
             unique = rows.device.type == "cpu" and table.dim() > 1

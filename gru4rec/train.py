@@ -60,8 +60,11 @@ class Trainer:
         counts = data.item_counts()
         self.store = SampleStore(counts, config.sample_alpha, config.n_sample, self.generator, self.device,
                                  store_size)
-        log_counts = np.log(np.maximum(counts, 1)).astype(np.float32)
-        self.log_pop = torch.as_tensor(np.append(log_counts, 0.0), device=self.device)
+        # logQ correction: log of the training count for target columns, alpha times it for samples.
+        log_pop = torch.as_tensor(np.append(np.log(np.maximum(counts, 1)), 0.0), dtype=torch.float32,
+                                  device=self.device) * config.logq
+        self.sample_log_q = log_pop * config.sample_alpha
+        self.compact_rows = self.device.type == "cpu"
         schedule = build_schedule(data.items, data.offsets, config.batch_size, pad=self.model.pad,
                                   stop_below=2 if config.n_sample == 0 else 1)
         self.n_steps = schedule.n_steps
@@ -69,57 +72,73 @@ class Trainer:
         as_dev = lambda a, dtype=None: torch.as_tensor(a, device=self.device, dtype=dtype)  # noqa: E731
         self.inputs = as_dev(schedule.inputs)
         self.targets = as_dev(schedule.targets)
+        self.target_log_q = log_pop[self.targets]
         self.keep = as_dev(~schedule.resets, torch.float32)[:, :, None]
         self.active = self.targets != self.model.pad
         self.n_active = as_dev(schedule.n_active, torch.float32)
         self.full = schedule.n_active == config.batch_size  # host-side: steps that need no masking
         self.epoch = 0
 
+    def _gather(self, table: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows of `table` as a gradient leaf: (leaf, its row ids, index of each requested row in the leaf).
+
+        On the CPU duplicates are gathered once (popular items repeat among the samples), which
+        shrinks the matmuls and lets the optimiser skip merging; on accelerators `unique` would
+        synchronise with the host, so rows are gathered as they come (the index is then None).
+        """
+        if self.compact_rows:
+            unique, index = torch.unique(rows, return_inverse=True)
+            return table.index_select(0, unique).requires_grad_(), unique, index
+        return table.index_select(0, rows).requires_grad_(), rows, None
+
     def _step(self, t: int, hidden: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
         """One minibatch: forward, loss, gradients, optimiser update. Returns the step loss (on device)."""
-        cfg, model, B = self.config, self.model, self.config.batch_size
+        cfg, model, opt, B = self.config, self.model, self.optimizer, self.config.batch_size
         for i in range(len(hidden)):
             hidden[i] = hidden[i] * self.keep[t]
-        inputs, targets = self.inputs[t], self.targets[t]
+        inputs = self.inputs[t]
         samples = self.store.next() if cfg.n_sample > 0 else None
-        cols = torch.cat([targets, samples]) if samples is not None else targets
+        cols = torch.cat([self.targets[t], samples]) if samples is not None else self.targets[t]
         mask = None
         if not self.full[t]:
             valid[:B] = self.active[t]
             mask = valid
         with torch.no_grad():
-            if model.mode == "shared":
-                in_rows = torch.cat([inputs, cols])
-                leaves = [model.Wy.index_select(0, in_rows)]
-            else:
-                leaves = [model.input_table.index_select(0, inputs), model.Wy.index_select(0, cols)]
             b_out = model.By.index_select(0, cols).requires_grad_()
-        for leaf in leaves:
-            leaf.requires_grad_()
-        x, w_out = (leaves[0][:B], leaves[0][B:]) if model.mode == "shared" else leaves
+            if model.mode == "shared":
+                w_out, w_rows, index = self._gather(model.Wy, torch.cat([inputs, cols]))
+                leaves = [w_out]
+            else:
+                x = model.input_table.index_select(0, inputs).requires_grad_()
+                w_out, w_rows, out_index = self._gather(model.Wy, cols)
+                leaves = [x, w_out]
+        if model.mode == "shared":  # the input rows come from the same leaf, under autograd
+            if index is None:
+                x, w_out, out_index = w_out[:B], w_out[B:], None
+            else:
+                x, out_index = w_out.index_select(0, index[:B]), index[B:]
         h = model.step(x, hidden, self.generator)
-        scores = torch.addmm(b_out, h, w_out.T)
+        if out_index is None:
+            scores = torch.addmm(b_out, h, w_out.T)
+        else:
+            scores = (h @ w_out.T).index_select(1, out_index) + b_out
         if cfg.loss == "cross-entropy":
             log_q = None
             if cfg.logq > 0:
-                log_q = self.log_pop.index_select(0, targets)
+                log_q = self.target_log_q[t]
                 if samples is not None:
-                    log_q = torch.cat([log_q, self.log_pop.index_select(0, samples) * cfg.sample_alpha])
-                log_q = log_q * cfg.logq
+                    log_q = torch.cat([log_q, self.sample_log_q.index_select(0, samples)])
             rows = cross_entropy(scores, mask, log_q)
         else:
             rows = bpr_max(scores, mask, cfg.elu_param, cfg.bpreg)
         loss = rows.sum() / B
-        dense = self.optimizer.dense
-        grads = torch.autograd.grad(loss, dense + leaves + [b_out])
-        self.optimizer.step_dense(list(grads[:len(dense)]))
-        leaf_grads = grads[len(dense):]
-        if model.mode == "shared":
-            self.optimizer.step_rows(model.Wy, in_rows, leaf_grads[0], leaves[0].detach())
-        else:
-            self.optimizer.step_rows(model.input_table, inputs, leaf_grads[0], leaves[0].detach())
-            self.optimizer.step_rows(model.Wy, cols, leaf_grads[1], leaves[1].detach())
-        self.optimizer.step_rows(model.By, cols, leaf_grads[-1], b_out.detach())
+        grads = torch.autograd.grad(loss, opt.dense + leaves + [b_out])
+        opt.step_dense(list(grads[:len(opt.dense)]))
+        leaf_grads = grads[len(opt.dense):]
+        if model.mode != "shared":
+            opt.step_rows(model.input_table, inputs, leaf_grads[0], x.detach())
+        opt.step_rows(model.Wy, w_rows, leaf_grads[-2], leaves[-1].detach(), unique_rows=self.compact_rows)
+        opt.step_rows(model.By, cols, leaf_grads[-1], b_out.detach())
         for i in range(len(hidden)):
             hidden[i] = hidden[i].detach()
         return loss.detach()

@@ -165,7 +165,8 @@ def reference_epochs(cfg, data, n_epochs, store_size):
     dict(loss="bpr-max", elu_param=1.0, bpreg=0.5, n_sample=20, constrained_embedding=False, embedding=6),
     dict(loss="bpr-max", elu_param=0.5, bpreg=1.0, n_sample=0, constrained_embedding=False, embedding=0),
 ])
-def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(params):
+@pytest.mark.parametrize("compact_rows", [True, False])  # the CPU path and the accelerator path
+def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(params, compact_rows):
     rng = np.random.default_rng(5)
     lengths = rng.integers(2, 9, size=25)
     df = pd.DataFrame({"SessionId": np.repeat(np.arange(25), lengths),
@@ -175,6 +176,7 @@ def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(p
     cfg = Config(**{"layers": [8], "batch_size": 6, "learning_rate": 0.1, **params})
     ref_model, ref_losses = reference_epochs(cfg, data, 2, store_size=200)
     trainer = Trainer(cfg, data, device="cpu", store_size=200)
+    trainer.compact_rows = compact_rows
     losses = []
     for _ in range(2):
         hidden = trainer.model.init_hidden(cfg.batch_size, trainer.device)
