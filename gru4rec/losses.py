@@ -6,6 +6,7 @@ Both return the per-row losses; the trainer sums them and divides by the configu
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -14,9 +15,18 @@ import torch.nn.functional as F
 _LOG_EPS = math.log(1e-24)
 
 
+@functools.lru_cache(maxsize=16)
+def _constants(rows: int, cols: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """log(1e-24) as a tensor, and the mask of the off-diagonal (negative) columns; made once per shape."""
+    off_diagonal = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    off_diagonal[:, :rows].fill_diagonal_(False)
+    return torch.tensor(_LOG_EPS, device=device, dtype=dtype), off_diagonal
+
+
 def _neg_log(log_p: torch.Tensor) -> torch.Tensor:
     """-log(p + 1e-24) from log p: the original's guarded value, computed without underflow."""
-    return -torch.logaddexp(log_p, torch.full_like(log_p, _LOG_EPS))
+    log_eps, _ = _constants(1, 1, log_p.device, log_p.dtype)
+    return -torch.logaddexp(log_p, log_eps)
 
 
 def cross_entropy(scores: torch.Tensor, valid: torch.Tensor | None,
@@ -36,11 +46,9 @@ def bpr_max(scores: torch.Tensor, valid: torch.Tensor | None, elu_param: float, 
     if elu_param > 0:
         scores = F.elu(scores, alpha=elu_param)
     rows = scores.shape[0]
-    if valid is None:
-        negatives = torch.ones_like(scores, dtype=torch.bool)
-    else:
-        negatives = valid.expand(rows, -1).clone()
-    negatives[:, :rows].fill_diagonal_(False)
+    _, negatives = _constants(rows, scores.shape[1], scores.device, scores.dtype)
+    if valid is not None:
+        negatives = negatives & valid
     weights = torch.softmax(scores.masked_fill(~negatives, float("-inf")), dim=1)
     target = scores.diagonal()[:, None]
     ranked = (torch.sigmoid(target - scores) * weights).sum(dim=1)
