@@ -15,14 +15,13 @@ from gru4rec.train import Trainer
 
 def measure(config: Config, data, device, steps: int, repeats: int) -> dict:
     trainer = Trainer(config, data, device=device)
-    hidden = trainer.model.init_hidden(config.batch_size, trainer.device)
-    valid = torch.ones(config.batch_size + config.n_sample, dtype=torch.bool, device=trainer.device)
+    trainer.start_epoch()
     steps = min(steps, trainer.n_steps // (repeats + 1))
     position = iter(range(trainer.n_steps))
 
     def run() -> None:
         for _ in range(steps):
-            trainer._step(next(position), hidden, valid)
+            trainer.run_step(next(position))
 
     run()  # warm-up
     seconds = median_time(run, repeats, trainer.device)

@@ -8,6 +8,7 @@ import torch
 
 from .batching import build_schedule
 from .data import SessionData
+from .graphs import CapturedStep
 from .model import GRU4Rec
 
 TIE_MODES = ("standard", "conservative", "median")
@@ -45,8 +46,12 @@ def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor, mode: str) -> 
 
 @torch.no_grad()
 def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), mode: str = "standard",
-             batch_size: int = 512, progress: Callable[[Iterable, str], Iterable] | None = None) -> EvalResult:
-    """Evaluate next-item prediction on `data` (built with the model's item map), never stopping early."""
+             batch_size: int = 512, progress: Callable[[Iterable, str], Iterable] | None = None,
+             cuda_graphs: bool | None = None) -> EvalResult:
+    """Evaluate next-item prediction on `data` (built with the model's item map), never stopping early.
+
+    On CUDA each step is captured once in a graph and replayed (`cuda_graphs`, default: on CUDA).
+    """
     if mode not in TIE_MODES:
         raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
     if data.n_items != model.n_items:
@@ -62,22 +67,34 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
     hits = torch.zeros(len(cut), device=device, dtype=torch.float64)
     rr = torch.zeros(len(cut), device=device, dtype=torch.float64)
     hidden = model.init_hidden(batch_size, device)
-    table = model.input_table
+    cursor = torch.zeros(1, dtype=torch.int64, device=device)
     chunk = max(1, SCORE_BUDGET // model.n_items)
+
+    def step() -> None:  # static buffers only, so that it can be captured
+        k = keep.index_select(0, cursor)[0]
+        for buffer in hidden:
+            buffer.mul_(k)
+        state = list(hidden)
+        h = model.step(model.input_table.index_select(0, inputs.index_select(0, cursor)[0]), state)
+        for buffer, new in zip(hidden, state):
+            buffer.copy_(new)
+        target = targets.index_select(0, cursor)[0]
+        active = target != model.pad
+        for lo in range(0, batch_size, chunk):
+            rows = slice(lo, lo + chunk)
+            ranks = ranks_of_targets(model.score_all(h[rows]), target[rows].clamp(max=model.n_items - 1), mode)
+            hit = (ranks[:, None] <= cut[None, :]) & active[rows, None]
+            hits.add_(hit.sum(dim=0))
+            rr.add_((hit / ranks[:, None].double()).sum(dim=0))
+        cursor.add_(1)
+
+    capture = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+    runner = CapturedStep(step, capture)
     steps: Iterable[int] = range(schedule.n_steps)
     if progress is not None:
         steps = progress(steps, "evaluation")
-    for t in steps:
-        for i in range(len(hidden)):
-            hidden[i] = hidden[i] * keep[t]
-        h = model.step(table.index_select(0, inputs[t]), hidden)
-        active = targets[t] != model.pad
-        for lo in range(0, batch_size, chunk):
-            rows = slice(lo, lo + chunk)
-            ranks = ranks_of_targets(model.score_all(h[rows]), targets[t, rows].clamp(max=model.n_items - 1), mode)
-            hit = (ranks[:, None] <= cut[None, :]) & active[rows, None]
-            hits += hit.sum(dim=0)
-            rr += (hit / ranks[:, None].double()).sum(dim=0)
+    for _ in steps:
+        runner()
     model.train(was_training)
     n = schedule.n_pairs
     keys = [int(k) for k in cut.tolist()]

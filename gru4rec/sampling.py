@@ -13,7 +13,9 @@ class SampleStore:
     """Holds many minibatches' worth of samples on the device, one row per step, refilled when used up.
 
     Generation is inverse-CDF by a vectorised `searchsorted`. The store is reproducible from the
-    generator state at its last refill, which is all a checkpoint needs to keep.
+    generator state at its last refill, which is all a checkpoint needs to keep. The read position
+    lives on the host (`ptr`, rows reserved) and on the device (`ptr_dev`, rows taken), so a step
+    captured in a CUDA graph can take its row while the host decides when to refill, in place.
     """
 
     def __init__(self, counts: np.ndarray, alpha: float, n_sample: int, generator: torch.Generator,
@@ -29,13 +31,19 @@ class SampleStore:
         self.device = device
         self.store = torch.empty((0, n_sample), dtype=torch.int64, device=device)
         self.ptr = 0
+        self.ptr_dev = torch.zeros(1, dtype=torch.int64, device=device)
         self.fill_state: torch.Tensor | None = None
 
     def _fill(self) -> None:
         self.fill_state = self.generator.get_state()
         u = torch.rand(self.rows * self.n_sample, generator=self.generator, device=self.device)
-        self.store = self._inverse_cdf(u).clamp_(max=self.n_items - 1).view(self.rows, self.n_sample)
+        fresh = self._inverse_cdf(u).clamp_(max=self.n_items - 1).view(self.rows, self.n_sample)
+        if self.store.shape == fresh.shape:
+            self.store.copy_(fresh)  # same address: captured steps keep reading the right buffer
+        else:
+            self.store = fresh
         self.ptr = 0
+        self.ptr_dev.zero_()
 
     def _inverse_cdf(self, u: torch.Tensor) -> torch.Tensor:
         """Item index of each uniform draw; on the CPU, chunks run on all torch threads at once."""
@@ -46,13 +54,22 @@ class SampleStore:
             parts = pool.map(lambda chunk: torch.searchsorted(self.cdf, chunk, right=True), u.chunk(threads))
             return torch.cat(list(parts))
 
-    def next(self) -> torch.Tensor:
-        """The samples for one step (a view of one store row)."""
+    def reserve(self) -> None:
+        """Host side of a step: refill when every row is used, then count one row as taken."""
         if self.ptr >= len(self.store):
             self._fill()
-        row = self.store[self.ptr]
         self.ptr += 1
+
+    def take(self) -> torch.Tensor:
+        """Device side of a step: the next row (no host involvement, so it can be captured)."""
+        row = self.store.index_select(0, self.ptr_dev)[0]
+        self.ptr_dev.add_(1)
         return row
+
+    def next(self) -> torch.Tensor:
+        """The samples for one step."""
+        self.reserve()
+        return self.take()
 
     def state_dict(self) -> dict:
         """Compact state: generator state at the last refill and the read position."""
@@ -63,9 +80,11 @@ class SampleStore:
         if state["fill_state"] is None:
             self.store = self.store[:0]
             self.ptr = 0
+            self.ptr_dev.zero_()
             return
         current = self.generator.get_state()
         self.generator.set_state(state["fill_state"])
         self._fill()
         self.generator.set_state(current)
         self.ptr = int(state["ptr"])
+        self.ptr_dev.fill_(self.ptr)

@@ -12,6 +12,7 @@ from .batching import build_schedule
 from .config import Config
 from .data import SessionData
 from .evaluate import EvalResult, evaluate
+from .graphs import CapturedStep
 from .losses import bpr_max, cross_entropy
 from .model import GRU4Rec
 from .optim import IndexedAdagradM
@@ -49,7 +50,7 @@ class Trainer:
     """Trains a GRU4Rec model on one dataset; `epoch` counts finished epochs and survives save/restore."""
 
     def __init__(self, config: Config, data: SessionData, device: str | torch.device | None = None,
-                 store_size: int = DEFAULT_STORE_SIZE):
+                 store_size: int = DEFAULT_STORE_SIZE, cuda_graphs: bool | None = None):
         self.config = config
         self.data = data
         self.device = torch.device(device) if device is not None else default_device()
@@ -78,6 +79,17 @@ class Trainer:
         self.n_active = as_dev(schedule.n_active, torch.float32)
         self.full = schedule.n_active == config.batch_size  # host-side: steps that need no masking
         self.epoch = 0
+        # Static buffers of the step: a captured step reads and writes only these.
+        self.cursor = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.hidden = self.model.init_hidden(config.batch_size, self.device)
+        self.valid = torch.ones(config.batch_size + config.n_sample, dtype=torch.bool, device=self.device)
+        self.step_loss = torch.zeros((), device=self.device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        capture = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if capture and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs a CUDA device")
+        self.steps = {masked: CapturedStep(lambda masked=masked: self._step(masked), capture, (self.generator,))
+                      for masked in (False, True)}
 
     def _gather(self, table: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows of `table` as a gradient leaf: (leaf, its row ids, index of each requested row in the leaf).
@@ -91,18 +103,24 @@ class Trainer:
             return table.index_select(0, unique).requires_grad_(), unique, index
         return table.index_select(0, rows).requires_grad_(), rows, None
 
-    def _step(self, t: int, hidden: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
-        """One minibatch: forward, loss, gradients, optimiser update. Returns the step loss (on device)."""
+    def _step(self, masked: bool) -> None:
+        """One minibatch at `self.cursor`: forward, loss, gradients, optimiser update.
+
+        Reads and writes only static buffers (capturable); `masked` excludes idle slots.
+        """
         cfg, model, opt, B = self.config, self.model, self.optimizer, self.config.batch_size
-        for i in range(len(hidden)):
-            hidden[i] = hidden[i] * self.keep[t]
-        inputs = self.inputs[t]
-        samples = self.store.next() if cfg.n_sample > 0 else None
-        cols = torch.cat([self.targets[t], samples]) if samples is not None else self.targets[t]
+        t = self.cursor
+        keep = self.keep.index_select(0, t)[0]
+        for buffer in self.hidden:
+            buffer.mul_(keep)
+        inputs = self.inputs.index_select(0, t)[0]
+        targets = self.targets.index_select(0, t)[0]
+        samples = self.store.take() if cfg.n_sample > 0 else None
+        cols = torch.cat([targets, samples]) if samples is not None else targets
         mask = None
-        if not self.full[t]:
-            valid[:B] = self.active[t]
-            mask = valid
+        if masked:
+            self.valid[:B] = self.active.index_select(0, t)[0]
+            mask = self.valid
         with torch.no_grad():
             b_out = model.By.index_select(0, cols).requires_grad_()
             if model.mode == "shared":
@@ -117,6 +135,7 @@ class Trainer:
                 x, w_out, out_index = w_out[:B], w_out[B:], None
             else:
                 x, out_index = w_out.index_select(0, index[:B]), index[B:]
+        hidden = list(self.hidden)
         h = model.step(x, hidden, self.generator)
         if out_index is None:
             scores = torch.addmm(b_out, h, w_out.T)
@@ -125,7 +144,7 @@ class Trainer:
         if cfg.loss == "cross-entropy":
             log_q = None
             if cfg.logq > 0:
-                log_q = self.target_log_q[t]
+                log_q = self.target_log_q.index_select(0, t)[0]
                 if samples is not None:
                     log_q = torch.cat([log_q, self.sample_log_q.index_select(0, samples)])
             rows = cross_entropy(scores, mask, log_q)
@@ -139,24 +158,38 @@ class Trainer:
             opt.step_rows(model.input_table, inputs, leaf_grads[0], x.detach())
         opt.step_rows(model.Wy, w_rows, leaf_grads[-2], leaves[-1].detach(), unique_rows=self.compact_rows)
         opt.step_rows(model.By, cols, leaf_grads[-1], b_out.detach())
-        for i in range(len(hidden)):
-            hidden[i] = hidden[i].detach()
-        return loss.detach()
+        with torch.no_grad():
+            for buffer, new in zip(self.hidden, hidden):
+                buffer.copy_(new)
+            self.step_loss.copy_(loss)
+            self.loss_sum.add_(loss * self.n_active.index_select(0, t)[0])
+            self.cursor.add_(1)
+
+    def run_step(self, t: int) -> torch.Tensor:
+        """Run step `t` of the epoch (the cursor must stand at t); returns the step loss buffer."""
+        if self.config.n_sample > 0:
+            self.store.reserve()
+        self.steps[not self.full[t]]()
+        return self.step_loss
+
+    def start_epoch(self) -> None:
+        """Reset the per-epoch buffers: cursor, hidden state and loss sum."""
+        self.model.train()
+        self.cursor.zero_()
+        for buffer in self.hidden:
+            buffer.zero_()
+        self.loss_sum.zero_()
 
     def train_epoch(self, progress: Progress | None = None) -> EpochInfo:
         """Run one epoch over the whole training data and return its summary."""
-        cfg = self.config
-        self.model.train()
-        hidden = self.model.init_hidden(cfg.batch_size, self.device)
-        valid = torch.ones(cfg.batch_size + cfg.n_sample, dtype=torch.bool, device=self.device)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.start_epoch()
         steps: Iterable[int] = range(self.n_steps)
         if progress is not None:
             steps = progress(steps, f"epoch {self.epoch + 1}")
         start = time.perf_counter()
         for t in steps:
-            loss_sum += self._step(t, hidden, valid) * self.n_active[t]
-        mean_loss = loss_sum.item() / max(self.n_pairs, 1)
+            self.run_step(t)
+        mean_loss = self.loss_sum.item() / max(self.n_pairs, 1)
         seconds = time.perf_counter() - start
         self.epoch += 1
         if not np.isfinite(mean_loss):

@@ -179,9 +179,8 @@ def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(p
     trainer.compact_rows = compact_rows
     losses = []
     for _ in range(2):
-        hidden = trainer.model.init_hidden(cfg.batch_size, trainer.device)
-        valid = torch.ones(cfg.batch_size + cfg.n_sample, dtype=torch.bool)
-        losses += [trainer._step(t, hidden, valid).item() for t in range(trainer.n_steps)]
+        trainer.start_epoch()
+        losses += [trainer.run_step(t).item() for t in range(trainer.n_steps)]
     assert len(losses) == len(ref_losses)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-6)
     for name, p in ref_model.state_dict().items():
