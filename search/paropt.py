@@ -14,10 +14,9 @@ from pathlib import Path
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from gru4rec import (Config, ConfigError, TrainingError, evaluate, format_param_file, load_session_data,
+from gru4rec import (Config, ConfigError, Trainer, TrainingError, evaluate, format_param_file, load_session_data,
                      parse_param_string)
 from gru4rec.cli import UsageError, add_data_options, check_writable, report, resolve_device, terminal_progress
-from gru4rec.train import Trainer
 
 from .spaces import load_space
 
