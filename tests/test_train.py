@@ -164,6 +164,8 @@ def reference_epochs(cfg, data, n_epochs, store_size):
     dict(loss="cross-entropy", logq=1.0, momentum=0.2, n_sample=20),
     dict(loss="bpr-max", elu_param=1.0, bpreg=0.5, n_sample=20, constrained_embedding=False, embedding=6),
     dict(loss="bpr-max", elu_param=0.5, bpreg=1.0, n_sample=0, constrained_embedding=False, embedding=0),
+    dict(loss="cross-entropy", logq=0.5, momentum=0.3, n_sample=10, constrained_embedding=False, embedding=0,
+         layers=[8, 5]),
 ])
 @pytest.mark.parametrize("compact_rows", [True, False])  # the CPU path and the accelerator path
 def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(params, compact_rows):
