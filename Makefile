@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(BIN)/python -m gru4rec.demo
+	$(BIN)/python -m search.demo
 
 test: venv
 	$(BIN)/python -m pytest -q -ra

@@ -1,0 +1,88 @@
+"""One trial: the real GRU4Rec trainer on the trial's device, reporting validation MRR@20 and Recall@20 per epoch.
+
+Every report carries a checkpoint with the exact training state (safetensors), so Ray can resume a trial
+after a driver crash or retry it after a worker failure from its last finished epoch.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import torch
+from ray import tune
+from ray.util.metrics import Gauge
+
+from gru4rec import Config, EpochInfo, SessionData, Trainer, TrainingError
+from gru4rec.checkpoint import load_training_state, save_training_state
+
+METRIC = "mrr@20"
+RECALL = "recall@20"
+MODE = "max"
+TIE_MODE = "standard"  # for validation in trials and for the test evaluation of the retrained model
+STATE_FILE = "training_state.safetensors"
+
+_gauges: dict[str, Gauge] = {}
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a study shares: the search and study names and the fixed parameters."""
+
+    search: str
+    study: str
+    fixed: dict[str, Any]
+
+
+def trial_config(setup: TrialSetup, params: dict[str, Any]) -> Config:
+    """The full GRU4Rec config of a trial: the study's fixed parameters plus the sampled ones."""
+    return Config.from_dict({**setup.fixed, **params})
+
+
+def device_for_task() -> str:
+    """'cuda' when Ray gave this task or actor a GPU (share), else 'cpu'."""
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def _gauge(name: str, description: str) -> Gauge:
+    """A Ray metric for the dashboard, created once per worker process (actors are reused across trials)."""
+    if name not in _gauges:
+        _gauges[name] = Gauge(name, description=description, tag_keys=("search", "study", "trial"))
+    return _gauges[name]
+
+
+def run_trial(params: dict[str, Any], setup: TrialSetup, train: SessionData, valid: SessionData) -> None:
+    """Train one sampled config epoch by epoch, resuming from Tune's checkpoint if there is one."""
+    config = trial_config(setup, params)
+    trainer = Trainer(config, train, device=device_for_task())
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainer.load_state_dict(load_training_state(Path(directory) / STATE_FILE))
+    tags = {"search": setup.search, "study": setup.study, "trial": tune.get_context().get_trial_id()}
+    mrr_gauge = _gauge("gru4rec_trial_mrr_at_20", "validation MRR@20 of a trial, set after every epoch")
+    recall_gauge = _gauge("gru4rec_trial_recall_at_20", "validation Recall@20 of a trial, set after every epoch")
+
+    def report(info: EpochInfo) -> None:
+        metrics = info.metrics
+        mrr_gauge.set(metrics.mrr[20], tags=tags)
+        recall_gauge.set(metrics.recall[20], tags=tags)
+        result = {METRIC: metrics.mrr[20], RECALL: metrics.recall[20], "epoch": info.epoch, "loss": info.loss,
+                  "epoch_seconds": info.seconds, "events_per_s": info.events_per_s, "diverged": 0}
+        with tempfile.TemporaryDirectory(prefix="gru4rec-trial-") as directory:
+            save_training_state(Path(directory) / STATE_FILE, trainer.state_dict())
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    try:
+        trainer.fit(config.n_epochs, callback=report, valid=valid, cutoffs=(20,), mode=TIE_MODE)
+    except TrainingError:
+        # A diverged config is a bad config, not a broken worker: score it 0 so TPE learns to avoid it.
+        tune.report({METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch, "diverged": 1})
+
+
+def make_trainable(setup: TrialSetup, train: SessionData, valid: SessionData,
+                   resources: dict[str, float]) -> Callable:
+    """The Tune trainable of a study: data in the object store once, resources per trial as asked."""
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup, train=train, valid=valid), resources)

@@ -1,0 +1,156 @@
+"""End to end on the rsc15_100k splits through the CLIs: a real search on a local 2-CPU Ray, and a resume.
+
+Every search runs as a subprocess in its own process group, which the fixture kills at the end (also on
+failure), so no Ray process outlives a test; Ray's own files stay in its temp dir, results in tmp_path.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from ray.tune import ExperimentAnalysis
+
+from search.cli import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA / "train_tr.tsv").is_file(), reason=f"{DATA} is not present")]
+
+# Small trials (an epoch takes about a second) so that 2 studies x 6 trials x 3 epochs fit in ~2 minutes.
+SPACE = [
+    {"name": "layers", "dtype": "int", "values": [32, 64], "step": 32},
+    {"name": "batch_size", "dtype": "int", "values": [64, 128], "step": 32},
+    {"name": "learning_rate", "dtype": "float", "values": [0.02, 0.2], "step": 0.01},
+    {"name": "dropout_p_hidden", "dtype": "float", "values": [0.0, 0.5], "step": 0.05},
+    {"name": "momentum", "dtype": "float", "values": [0.0, 0.5], "step": 0.05},
+]
+RESULT_LINE = re.compile(r"^Recall@(\d+): ([0-9.]+) MRR@\d+: ([0-9.]+)$", re.M)
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """Start commands in their own process groups; kill each whole group when the test ends."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list, log: str, **kwargs) -> subprocess.Popen:
+        out = open(tmp_path / log, "w")
+        proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                start_new_session=True, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def search_args(tmp_path: Path, name: str, *extra: str) -> list:
+    space = tmp_path / "space.jsonl"
+    space.write_text("".join(json.dumps(entry) + "\n" for entry in SPACE))
+    return [BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid", DATA / "train_valid.tsv",
+            "--train-full", DATA / "train_full.tsv", "--test", DATA / "test.tsv", "--name", name, "--space", space,
+            "--fixed", "n_sample=256", "--trials", "6", "--storage", tmp_path / "store", "--local-cpus", "2",
+            "--no-dashboard", "--grace-period", "1", "--reduction-factor", "2", *extra]
+
+
+def finish(proc: subprocess.Popen, tmp_path: Path, log: str, timeout: float = 600) -> str:
+    assert proc.wait(timeout=timeout) == 0, (tmp_path / log).read_text()[-5000:]
+    return (tmp_path / log).read_text()
+
+
+def test_search_end_to_end(tmp_path, spawn, capsys):
+    db = tmp_path / "optuna.db"
+    out = finish(spawn(search_args(tmp_path, "e2e", "--losses", "xe,bpr-max", "--modes", "shared", "--epochs", "3",
+                                   "--optuna-storage", f"sqlite:///{db}"), "search.log"), tmp_path, "search.log")
+    folder = tmp_path / "store" / "e2e"
+    table = pd.read_csv(folder / "results.csv")
+    studies = ["xe_shared", "bprmax_shared"]
+    assert table["study"].tolist() == studies
+    assert all(f"| {s} |" in (folder / "results.md").read_text() and f"| {s} |" in out for s in studies)
+    assert table["trials run"].tolist() == [6, 6]
+    assert table["stopped early"].sum() >= 1, "ASHA stopped no trial"
+
+    for study, stopped in zip(studies, table["stopped early"]):
+        trials = optuna.load_study(study_name=f"e2e/{study}", storage=f"sqlite:///{db}").trials
+        assert len(trials) == 6
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        assert len(pruned) == stopped and len(complete) == 6 - stopped
+        for t in pruned:  # pruned at its last epoch, with that epoch's value
+            assert len(t.intermediate_values) < 3 and t.value == t.intermediate_values[max(t.intermediate_values)]
+        for t in complete:
+            assert sorted(t.intermediate_values) == [1, 2, 3] and t.value == t.intermediate_values[3]
+        assert (folder / f"{study}_history.png").stat().st_size > 0
+        assert list((folder / study).glob("trial_*/events.out.tfevents.*")), "no TensorBoard logs"
+
+    # The exported paramfiles, run by `gru4rec run`, reproduce the reported test metrics exactly.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {study: spawn([BIN / "gru4rec", "run", DATA / "train_full.tsv", "-pf", folder / f"{study}_best.py",
+                          "-t", DATA / "test.tsv", "-m", "1", "5", "10", "20", "-e", "standard"], f"{study}.log",
+                         env=env) for study in studies}
+    for study, proc in runs.items():
+        printed = RESULT_LINE.findall(finish(proc, tmp_path, f"{study}.log"))
+        assert [int(k) for k, _, _ in printed] == [1, 5, 10, 20]
+        row = table.set_index("study").loc[study]
+        for k, recall, mrr in printed:
+            assert float(recall) == pytest.approx(row[f"test Recall@{k}"], abs=1e-6)
+            assert float(mrr) == pytest.approx(row[f"test MRR@{k}"], abs=1e-6)
+
+    assert main(["status", "e2e", "--storage", str(tmp_path / "store")]) == 0
+    status = capsys.readouterr().out
+    assert re.search(r"xe_shared\s+6/6\s+0", status) and re.search(r"bprmax_shared\s+6/6\s+0", status)
+    assert main(["export", "e2e", "--storage", str(tmp_path / "store")]) == 0
+    assert pd.read_csv(folder / "results.csv").equals(table)
+
+
+def read_experiment(path: Path) -> ExperimentAnalysis | None:
+    try:
+        return ExperimentAnalysis(str(path))
+    except (ValueError, FileNotFoundError, json.JSONDecodeError):
+        return None  # not written yet
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, spawn):
+    driver = spawn(search_args(tmp_path, "rs", "--losses", "xe", "--modes", "shared", "--epochs", "2"), "run.log")
+    experiment = tmp_path / "store" / "rs" / "xe_shared"
+    deadline = time.time() + 300
+    while True:
+        assert driver.poll() is None, "the search ended before it could be killed:\n" + \
+            (tmp_path / "run.log").read_text()[-3000:]
+        assert time.time() < deadline, "no trial finished in time"
+        analysis = read_experiment(experiment)
+        if analysis and sum(t.status == "TERMINATED" for t in analysis.trials) >= 2:
+            break
+        time.sleep(0.5)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    os.killpg(driver.pid, signal.SIGKILL)  # the Ray processes the driver had started
+
+    before = ExperimentAnalysis(str(experiment)).trials
+    finished = {t.trial_id: (experiment / f"trial_{t.trial_id}" / "result.json").read_text()
+                for t in before if t.status == "TERMINATED"}
+    assert 2 <= len(finished) < 6
+
+    resume = spawn([BIN / "gru4rec-search", "resume", "rs", "--storage", tmp_path / "store", "--local-cpus", "2",
+                    "--no-dashboard"], "resume.log")
+    finish(resume, tmp_path, "resume.log")
+    after = ExperimentAnalysis(str(experiment)).trials
+    assert len(after) == 6 and all(t.status == "TERMINATED" for t in after)
+    assert len(list(experiment.glob("trial_*"))) == 6
+    for trial_id, result in finished.items():  # finished trials were not run again
+        assert (experiment / f"trial_{trial_id}" / "result.json").read_text() == result
+    table = pd.read_csv(tmp_path / "store" / "rs" / "results.csv")
+    assert table["study"].tolist() == ["xe_shared"] and table["trials run"].tolist() == [6]
