@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -17,19 +18,21 @@ from gru4rec.datasets.synthetic import SyntheticSpec, generate_sessions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
+# A flat popularity curve, so that about a million distinct items occur in the training events.
+SYNTHETIC_1M = SyntheticSpec(n_events=6_000_000, n_items=1_200_000, zipf_exponent=0.6)
 
 
 def dataset(name: str) -> SessionData:
-    """'rsc15_100k' or 'globo_g1' (train_full from ../shared/data), or 'synthetic_1m' (1M items, generated)."""
+    """'rsc15_100k' or 'globo_g1' (train_full from ../shared/data), or 'synthetic_1m' (about 1M items, generated)."""
     if name == "synthetic_1m":
-        return SessionData.from_frame(generate_sessions(SyntheticSpec(n_events=3_000_000, n_items=1_000_000)))
+        return SessionData.from_frame(generate_sessions(SYNTHETIC_1M))
     return load_session_data(SHARED / name / "train_full.tsv")
 
 
 def test_split(name: str, train: SessionData) -> SessionData:
     if name == "synthetic_1m":
-        return SessionData.from_frame(generate_sessions(SyntheticSpec(n_events=100_000, n_items=1_000_000, seed=1)),
-                                      train.item_ids)
+        test = dataclasses.replace(SYNTHETIC_1M, n_events=20_000, seed=1)
+        return SessionData.from_frame(generate_sessions(test), train.item_ids)
     return load_session_data(SHARED / name / "test.tsv", train.item_ids)
 
 

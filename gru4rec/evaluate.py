@@ -47,10 +47,11 @@ def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor, mode: str) -> 
 @torch.no_grad()
 def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), mode: str = "standard",
              batch_size: int = 512, progress: Callable[[Iterable, str], Iterable] | None = None,
-             cuda_graphs: bool | None = None) -> EvalResult:
+             fixed_shapes: bool | None = None) -> EvalResult:
     """Evaluate next-item prediction on `data` (built with the model's item map), never stopping early.
 
-    On CUDA each step is captured once in a graph and replayed (`cuda_graphs`, default: on CUDA).
+    With `fixed_shapes` (default: on CUDA) every slot is ranked and idle ones masked, and on CUDA each
+    step is captured once in a graph and replayed; otherwise only the active slots are ranked.
     """
     if mode not in TIE_MODES:
         raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
@@ -69,6 +70,7 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
     hidden = model.init_hidden(batch_size, device)
     cursor = torch.zeros(1, dtype=torch.int64, device=device)
     chunk = max(1, SCORE_BUDGET // model.n_items)
+    fixed_shapes = device.type == "cuda" if fixed_shapes is None else fixed_shapes
 
     def step() -> None:  # static buffers only, so that it can be captured
         k = keep.index_select(0, cursor)[0]
@@ -80,16 +82,21 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
             buffer.copy_(new)
         target = targets.index_select(0, cursor)[0]
         active = target != model.pad
-        for lo in range(0, batch_size, chunk):
-            rows = slice(lo, lo + chunk)
-            ranks = ranks_of_targets(model.score_all(h[rows]), target[rows].clamp(max=model.n_items - 1), mode)
-            hit = (ranks[:, None] <= cut[None, :]) & active[rows, None]
+        if fixed_shapes:  # rank every slot, count the active ones
+            rows, target = h, target.clamp(max=model.n_items - 1)
+        else:  # rank only the active slots (at the end of a test set most slots are idle)
+            index = active.nonzero().squeeze(1)
+            rows, target, active = h.index_select(0, index), target.index_select(0, index), None
+        for lo in range(0, len(rows), chunk):
+            ranks = ranks_of_targets(model.score_all(rows[lo:lo + chunk]), target[lo:lo + chunk], mode)
+            hit = ranks[:, None] <= cut[None, :]
+            if active is not None:
+                hit &= active[lo:lo + chunk, None]
             hits.add_(hit.sum(dim=0))
             rr.add_((hit / ranks[:, None].double()).sum(dim=0))
         cursor.add_(1)
 
-    capture = device.type == "cuda" if cuda_graphs is None else cuda_graphs
-    runner = CapturedStep(step, capture)
+    runner = CapturedStep(step, capture=fixed_shapes and device.type == "cuda")
     steps: Iterable[int] = range(schedule.n_steps)
     if progress is not None:
         steps = progress(steps, "evaluation")

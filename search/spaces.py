@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +20,13 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from gru4rec import Config, ConfigError, parse_param_string
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "spaces"
+def _spaces_dir() -> Path:
+    """spaces/ of the source tree (editable install), else the copy a regular install puts under share/."""
+    source = Path(__file__).resolve().parents[1] / "spaces"
+    return source if source.is_dir() else Path(sysconfig.get_path("data")) / "share" / "gru4rec" / "spaces"
+
+
+SPACES_DIR = _spaces_dir()
 LOSS_ALIASES = {"xe": "cross-entropy", "cross-entropy": "cross-entropy", "bpr-max": "bpr-max", "bprmax": "bpr-max"}
 LOSS_TOKENS = {"cross-entropy": "xe", "bpr-max": "bprmax"}  # as in the official file names
 MODES: dict[str, dict[str, Any]] = {

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -327,6 +328,9 @@ def plan_resources(settings: SearchSettings, cluster: dict[str, float], remote: 
     if settings.cpus_per_trial > n_cpus and not remote:
         raise SearchError(f"--cpus-per-trial {settings.cpus_per_trial}: this Ray instance has {n_cpus:g} CPUs")
     concurrent = settings.max_concurrent
+    if remote and (settings.gpus_per_trial is None or concurrent is None):
+        print(f"note: trial resources are sized from the cluster as it is now ({n_cpus:g} CPUs, {n_gpus:g} GPUs); "
+              "on an autoscaling cluster pass --gpus-per-trial and --max-concurrent", file=sys.stderr)
     if concurrent is None:
         fits = [n_cpus / settings.cpus_per_trial] + ([n_gpus / gpus] if gpus and n_gpus else [])
         concurrent = max(1, math.floor(min(fits)))

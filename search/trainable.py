@@ -56,6 +56,8 @@ def _gauge(name: str, description: str) -> Gauge:
 def run_trial(params: dict[str, Any], setup: TrialSetup, train: SessionData, valid: SessionData) -> None:
     """Train one sampled config epoch by epoch, resuming from Tune's checkpoint if there is one."""
     config = trial_config(setup, params)
+    # One torch thread per CPU of the trial: oversubscribed OpenMP threads spin and slow every trial down.
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     trainer = Trainer(config, train, device=device_for_task())
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

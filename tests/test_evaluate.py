@@ -39,10 +39,11 @@ def reference_metrics(model, data, cutoffs, mode):
             len(ranks))
 
 
+@pytest.mark.parametrize("fixed_shapes", [True, False])  # the accelerator path and the CPU path
 @pytest.mark.parametrize("mode", ["standard", "conservative", "median"])
 @pytest.mark.parametrize("params", [dict(constrained_embedding=True), dict(constrained_embedding=False, embedding=8),
                                     dict(constrained_embedding=False, embedding=0, layers=[12, 6])])
-def test_session_parallel_evaluation_matches_one_session_at_a_time(mode, params):
+def test_session_parallel_evaluation_matches_one_session_at_a_time(mode, params, fixed_shapes):
     rng = np.random.default_rng(0)
     n_items = 40
     lengths = rng.integers(1, 7, size=30)
@@ -54,7 +55,7 @@ def test_session_parallel_evaluation_matches_one_session_at_a_time(mode, params)
     if mode != "standard":  # create real ties: quantised scores
         with torch.no_grad():
             model.Wy.copy_((model.Wy * 4).round() / 4)
-    result = evaluate(model, data, cutoffs=[1, 3, 10], mode=mode, batch_size=4)
+    result = evaluate(model, data, cutoffs=[1, 3, 10], mode=mode, batch_size=4, fixed_shapes=fixed_shapes)
     recall, mrr, n = reference_metrics(model, data, [1, 3, 10], mode)
     assert result.n == n == int((lengths - 1).sum())
     for k in (1, 3, 10):
