@@ -27,7 +27,7 @@ class IndexedAdagradM:
         self.acc = {id(p): torch.zeros_like(p) for p in dense}
         self.mom = {id(p): torch.zeros_like(p) for p in dense} if momentum > 0 else {}
         slots = 2 if momentum > 0 else 1
-        self.scratch = {id(t): torch.zeros_like(t) for t in tables}
+        self.scratch: dict[int, torch.Tensor] = {}  # made on first use: the CPU path of matrices needs none
         self.row_state = {id(t): t.new_zeros((t.shape[0], slots) + t.shape[1:]) for t in tables}
         for t in tables:
             state = self.row_state[id(t)]
@@ -73,7 +73,9 @@ class IndexedAdagradM:
             g = grad.new_zeros((len(rows),) + grad.shape[1:]).index_add_(0, inverse, grad)
             table.index_add_(0, rows, self._row_delta(table, rows, g))
             return
-        scratch = self.scratch[id(table)]
+        scratch = self.scratch.get(id(table))
+        if scratch is None:
+            scratch = self.scratch[id(table)] = torch.zeros_like(table)
         scratch.index_add_(0, rows, grad)
         g = scratch.index_select(0, rows)
         scratch.index_fill_(0, rows, 0.0)
