@@ -51,7 +51,8 @@ def test_row_update_sums_duplicates_and_leaves_other_rows_untouched(momentum, un
         if momentum:
             np.testing.assert_allclose(opt.mom[id(table)].numpy(), mom, rtol=1e-12)
     assert np.array_equal(table.numpy()[[0, 2]], p0[[0, 2]])
-    assert (opt.scratch[id(table)] == 0).all()
+    if not unique_rows:
+        assert (opt.scratch[id(table)] == 0).all()  # the merge table is left clean for the next step
 
 
 def test_vector_table_rows():
