@@ -1,4 +1,4 @@
-"""Session-parallel mini-batches (spec 3), laid out once as fixed-width step arrays.
+"""Session-parallel mini-batches, laid out once as fixed-width step arrays.
 
 B slots each hold one session; at every step each active slot feeds its current item and predicts the
 next one. A slot whose session runs out takes the next unused session (in session order) with its
@@ -41,7 +41,7 @@ def build_schedule(items: np.ndarray, offsets: np.ndarray, batch_size: int, pad:
     """Lay out all (input, target) pairs of the sessions into steps of `batch_size` slots.
 
     The epoch ends when no slot is active, or at a session boundary once fewer than `stop_below` slots
-    remain active (training without extra negatives stops below 2 slots, spec 3).
+    remain active (training without extra negatives stops below 2 slots, as the original does).
     """
     n_sessions = len(offsets) - 1
     n_slots = min(batch_size, n_sessions)

@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class Config:
-    """Every hyperparameter of GRU4Rec with the official defaults (spec section 1)."""
+    """Every hyperparameter of GRU4Rec with the official defaults."""
 
     layers: list[int] = field(default_factory=lambda: [100])
     loss: str = "cross-entropy"
@@ -68,7 +68,7 @@ class Config:
 
     @property
     def embedding_mode(self) -> str:
-        """'shared', 'separate' or 'none' (spec 1: constrained embedding takes precedence)."""
+        """'shared', 'separate' or 'none' (a constrained embedding takes precedence)."""
         if self.constrained_embedding:
             return "shared"
         return "separate" if self.embedding else "none"

@@ -1,4 +1,4 @@
-"""Next-item evaluation (spec 8): recall and MRR at cut-offs from full-catalogue ranks, three tie modes."""
+"""Next-item evaluation: recall and MRR at cut-offs from full-catalogue ranks, three tie modes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,4 @@
-"""The two GRU4Rec losses on a score matrix whose target for row j is column j (spec 6).
+"""The two GRU4Rec losses on a score matrix whose target for row j is column j.
 
 `valid` masks the columns that take part (idle slots' targets are excluded); idle rows give zero loss.
 `valid=None` means every column takes part (the common case, which then skips the masking).

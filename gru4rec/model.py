@@ -1,4 +1,4 @@
-"""The GRU4Rec network (spec 4): input by embedding mode, stacked GRU layers, scores against Wy and By.
+"""The GRU4Rec network: input by embedding mode, stacked GRU layers, scores against Wy and By.
 
 Item tables (Wy, By, the separate embedding E, and the one-hot input table of mode none) carry one
 extra zero row at index `n_items`, the padding item of idle slots; it never receives a gradient.
@@ -87,7 +87,7 @@ class GRU4Rec(nn.Module):
         return {"shared": self.Wy, "separate": getattr(self, "E", None), "none": getattr(self, "Wx0", None)}[self.mode]
 
     def item_tables(self) -> list[nn.Parameter]:
-        """Parameters updated row by row (spec 7)."""
+        """Parameters updated row by row by the optimiser."""
         tables = [self.Wy, self.By]
         if self.mode != "shared":
             tables.append(self.input_table)

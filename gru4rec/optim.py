@@ -1,4 +1,4 @@
-"""Adagrad with classical momentum, dense and on indexed rows of item tables (spec 7)."""
+"""Adagrad with classical momentum, dense and on indexed rows of item tables."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Negative sampling proportional to support^alpha, served from a pre-generated sample store (spec 5)."""
+"""Negative sampling proportional to support^alpha, served from a pre-generated sample store."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor

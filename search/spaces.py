@@ -1,8 +1,8 @@
 """Parameter spaces (JSON Lines) as Optuna distributions, and the fixed parameters of every study.
 
-A space file holds one JSON object per line (spec 9):
+A space file holds one JSON object per line (the format of the official paropt.py):
 `{"name": ..., "dtype": "int"|"float"|"categorical", "values": [low, high] | [options...], "step": ..., "log": false}`.
-A study is one loss x embedding mode; its fixed parameters come from spec 1 and 10 (n_sample 2048, logq 1 for
+A study is one loss x embedding mode; its fixed parameters are those of the published searches (n_sample 2048, logq 1 for
 cross-entropy, the embedding settings of the mode) with the user's `--fixed` values on top.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class SpaceError(ValueError):
 
 
 def default_space_file(loss: str) -> Path:
-    """The published space of a loss (spec 10): spaces/xe.jsonl or spaces/bpr-max.jsonl."""
+    """The published space of a loss: spaces/xe.jsonl or spaces/bpr-max.jsonl."""
     return SPACES_DIR / ("xe.jsonl" if loss == "cross-entropy" else "bpr-max.jsonl")
 
 
@@ -240,7 +240,7 @@ class StudyPlan:
 
 
 def default_params(loss: str, mode: str, epochs: int) -> dict[str, Any]:
-    """The spec 1/10 settings of a study: loss, the mode's embedding, epochs, n_sample 2048, logq 1 for xe."""
+    """The published fixed settings of a study: loss, the mode's embedding, epochs, n_sample 2048, logq 1 for xe."""
     return {"loss": loss, **MODES[mode], "n_epochs": epochs, "n_sample": 2048,
             "logq": 1.0 if loss == "cross-entropy" else 0.0}
 

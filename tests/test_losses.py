@@ -1,4 +1,4 @@
-"""Both losses against float64 NumPy transcriptions of the original formulas (spec 6)."""
+"""Both losses against float64 NumPy transcriptions of the original formulas."""
 import numpy as np
 import pytest
 import torch

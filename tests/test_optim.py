@@ -1,4 +1,4 @@
-"""The optimiser against the spec's formulas, computed in float64 NumPy."""
+"""The optimiser against the update formulas, computed in float64 NumPy."""
 import numpy as np
 import pytest
 import torch

@@ -4,7 +4,7 @@ Each `read_<dataset>` function reads one dataset's raw files as distributed and 
 events with sessions (SessionId, ItemId, Time); `process` then removes consecutive repeats, filters
 short sessions and rare items and splits by time; `preprocess` does both and writes `train_full`,
 `test`, `train_tr`, `train_valid` and `stats.json`. The rules are those of the GRU4Rec authors'
-preprocessing (see datasets.md in the project's shared specs and the README next to this file).
+preprocessing (see the README next to this file).
 """
 from __future__ import annotations
 
