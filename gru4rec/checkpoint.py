@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .config import Config
+from .files import atomic_path
 from .model import GRU4Rec
 
 FORMAT = "gru4rec-model"
@@ -25,23 +25,12 @@ class ModelFileError(ValueError):
 
 
 def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write to a temporary file beside `path` and rename it, so no half-written file is ever left."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    """Write the safetensors file through a temporary beside `path`, so no half-written file is ever left."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
     except OSError as e:
         raise ModelFileError(f"{path}: cannot write here ({e.strerror})") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -6,8 +6,6 @@ library itself never imports Optuna.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from gru4rec import (Config, ConfigError, Trainer, TrainingError, evaluate, format_param_file, load_session_data,
                      parse_param_string)
 from gru4rec.cli import UsageError, add_data_options, check_writable, report, resolve_device, terminal_progress
+from gru4rec.files import atomic_path
 
 from .spaces import load_space
 
@@ -79,7 +78,8 @@ def cmd_paropt(args: argparse.Namespace) -> int:
         callback=lambda info: print(info.line(), flush=True), progress=terminal_progress)
     report(evaluate(model, test, args.final_measure, args.eval_type), args.primary_metric, True)
     if args.output:
-        _write_text(Path(args.output), format_param_file(config))
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(format_param_file(config))
         print(f"Parameter file written to {args.output}")
     return 0
 
@@ -87,14 +87,6 @@ def cmd_paropt(args: argparse.Namespace) -> int:
 def _typed(config: Config, params: dict) -> dict:
     """The given parameters with the values the config resolved them to (for printing)."""
     return {name: getattr(config, name) for name in params}
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def add_parser(subparsers) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..files import atomic_path
+
 DAY = 86400.0
 
 
@@ -99,7 +101,6 @@ def write_splits(out_dir: str | os.PathLike, spec: SyntheticSpec, test_days: flo
     for name, frame in [("train_full", train_full), ("test", test), ("train_tr", train_tr),
                         ("train_valid", train_valid)]:
         paths[name] = out / f"{name}.tsv"
-        tmp = out / f".{name}.tsv.tmp"
-        frame.to_csv(tmp, sep="\t", index=False)
-        os.replace(tmp, paths[name])
+        with atomic_path(paths[name]) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False)
     return paths
