@@ -18,8 +18,8 @@ class IndexedAdagradM:
     """
 
     def __init__(self, dense: list[torch.Tensor], tables: list[torch.Tensor], lr: float, momentum: float,
-                 unique_rows: bool | None = None):
-        self.unique_rows = unique_rows  # None: decided per table, see step_rows
+                 merge_by_unique: bool | None = None):
+        self.merge_by_unique = merge_by_unique  # how duplicate rows are merged; None: per table, see step_rows
         self.dense = dense
         self.tables = tables
         self.lr = lr
@@ -65,7 +65,7 @@ class IndexedAdagradM:
         if unique_rows:
             table.index_add_(0, rows, self._row_delta(table, rows, grad))
             return
-        unique = self.unique_rows
+        unique = self.merge_by_unique
         if unique is None:
             unique = rows.device.type == "cpu" and table.dim() > 1
         if unique:

@@ -29,13 +29,13 @@ def test_dense_update_matches_formula(momentum):
     np.testing.assert_allclose(param.numpy(), p, rtol=1e-12)
 
 
-@pytest.mark.parametrize("unique_rows", [True, False])  # the CPU path and the accelerator path
+@pytest.mark.parametrize("merge_by_unique", [True, False])  # the CPU path and the accelerator path
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
-def test_row_update_sums_duplicates_and_leaves_other_rows_untouched(momentum, unique_rows):
+def test_row_update_sums_duplicates_and_leaves_other_rows_untouched(momentum, merge_by_unique):
     rng = np.random.default_rng(1)
     p0 = rng.normal(size=(6, 3))
     table = torch.tensor(p0, dtype=torch.float64)
-    opt = IndexedAdagradM([], [table], lr=0.05, momentum=momentum, unique_rows=unique_rows)
+    opt = IndexedAdagradM([], [table], lr=0.05, momentum=momentum, merge_by_unique=merge_by_unique)
     p, acc, mom = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
     for rows in ([1, 3, 1], [3, 4], [1, 1, 1, 5]):
         g = rng.normal(size=(len(rows), 3))
@@ -51,7 +51,7 @@ def test_row_update_sums_duplicates_and_leaves_other_rows_untouched(momentum, un
         if momentum:
             np.testing.assert_allclose(opt.mom[id(table)].numpy(), mom, rtol=1e-12)
     assert np.array_equal(table.numpy()[[0, 2]], p0[[0, 2]])
-    if not unique_rows:
+    if not merge_by_unique:
         assert (opt.scratch[id(table)] == 0).all()  # the merge table is left clean for the next step
 
 
