@@ -7,6 +7,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .batching import build_schedule
+from .cpu import keep_freed_memory
 from .data import SessionData
 from .graphs import CapturedStep
 from .model import GRU4Rec
@@ -24,6 +25,12 @@ class EvalResult:
     n: int
     n_dropped: int = 0
     cutoffs: list[int] = field(default_factory=list)
+
+    def value(self, metric: str, cutoff: int) -> float:
+        """'recall' or 'mrr' at a cut-off."""
+        if metric not in ("recall", "mrr"):
+            raise ValueError(f"metric {metric!r}: use recall or mrr")
+        return (self.recall if metric == "recall" else self.mrr)[cutoff]
 
     def lines(self) -> list[str]:
         """The official run.py result lines."""
@@ -50,8 +57,8 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
              fixed_shapes: bool | None = None) -> EvalResult:
     """Evaluate next-item prediction on `data` (built with the model's item map), never stopping early.
 
-    With `fixed_shapes` (default: on CUDA) every slot is ranked and idle ones masked, and on CUDA each
-    step is captured once in a graph and replayed; otherwise only the active slots are ranked.
+    With `fixed_shapes` (default: on CUDA) every slot is stepped and ranked and idle ones masked, and on
+    CUDA each step is captured once in a graph and replayed; otherwise only the active slots are.
     """
     if mode not in TIE_MODES:
         raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
@@ -60,6 +67,8 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
     was_training = model.training
     model.eval()
     device = model.Wy.device
+    if device.type == "cpu":
+        keep_freed_memory()
     schedule = build_schedule(data.items, data.offsets, batch_size, pad=model.pad)
     inputs = torch.as_tensor(schedule.inputs, device=device)
     targets = torch.as_tensor(schedule.targets, device=device)
@@ -72,7 +81,17 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
     chunk = max(1, SCORE_BUDGET // model.n_items)
     fixed_shapes = device.type == "cuda" if fixed_shapes is None else fixed_shapes
 
-    def step() -> None:  # static buffers only, so that it can be captured
+    def count(rows: torch.Tensor, target: torch.Tensor, active: torch.Tensor | None) -> None:
+        """Rank each row's target among all items and add the hits and reciprocal ranks per cut-off."""
+        for lo in range(0, len(rows), chunk):
+            ranks = ranks_of_targets(model.score_all(rows[lo:lo + chunk]), target[lo:lo + chunk], mode)
+            hit = ranks[:, None] <= cut[None, :]
+            if active is not None:
+                hit &= active[lo:lo + chunk, None]
+            hits.add_(hit.sum(dim=0))
+            rr.add_((hit / ranks[:, None].double()).sum(dim=0))
+
+    def fixed_step() -> None:  # every slot, idle ones masked; static buffers only, so that it can be captured
         k = keep.index_select(0, cursor)[0]
         for buffer in hidden:
             buffer.mul_(k)
@@ -81,27 +100,37 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
         for buffer, new in zip(hidden, state):
             buffer.copy_(new)
         target = targets.index_select(0, cursor)[0]
-        active = target != model.pad
-        if fixed_shapes:  # rank every slot, count the active ones
-            rows, target = h, target.clamp(max=model.n_items - 1)
-        else:  # rank only the active slots (at the end of a test set most slots are idle)
-            index = active.nonzero().squeeze(1)
-            rows, target, active = h.index_select(0, index), target.index_select(0, index), None
-        for lo in range(0, len(rows), chunk):
-            ranks = ranks_of_targets(model.score_all(rows[lo:lo + chunk]), target[lo:lo + chunk], mode)
-            hit = ranks[:, None] <= cut[None, :]
-            if active is not None:
-                hit &= active[lo:lo + chunk, None]
-            hits.add_(hit.sum(dim=0))
-            rr.add_((hit / ranks[:, None].double()).sum(dim=0))
+        count(h, target.clamp(max=model.n_items - 1), target != model.pad)
         cursor.add_(1)
 
-    runner = CapturedStep(step, capture=fixed_shapes and device.type == "cuda")
+    def active_step(t: int) -> None:
+        """Only the active slots: at the end of a test set most slots are idle, and skipping them
+        saves their GRU and scoring work (the original drops finished slots for the same reason)."""
+        target = targets[t]
+        if schedule.n_active[t] == batch_size:
+            index, state = None, [buffer.mul_(keep[t]) for buffer in hidden]
+            items = inputs[t]
+        else:
+            index = (target != model.pad).nonzero().squeeze(1)
+            state = [buffer.index_select(0, index).mul_(keep[t, index]) for buffer in hidden]
+            items, target = inputs[t, index], target[index]
+        h = model.step(model.input_table.index_select(0, items), state)
+        for buffer, new in zip(hidden, state):
+            if index is None:
+                buffer.copy_(new)
+            else:
+                buffer.index_copy_(0, index, new)
+        count(h, target, None)
+
+    runner = CapturedStep(fixed_step, capture=device.type == "cuda") if fixed_shapes else None
     steps: Iterable[int] = range(schedule.n_steps)
     if progress is not None:
         steps = progress(steps, "evaluation")
-    for _ in steps:
-        runner()
+    for t in steps:
+        if runner is None:
+            active_step(t)
+        else:
+            runner()
     model.train(was_training)
     n = schedule.n_pairs
     keys = [int(k) for k in cut.tolist()]

@@ -3,6 +3,9 @@
 Item tables (Wy, By, the separate embedding E, and the one-hot input table of mode none) carry one
 extra zero row at index `n_items`, the padding item of idle slots; it never receives a gradient.
 The caller gathers the item rows a step needs and passes them in, so gradients stay row-sized.
+Training computes its gradients by hand (`train_forward` keeps what `train_backward` needs): with
+backpropagation through one step only, a layer's backward is a few fused elementwise ops and three
+matrix products, far cheaper per step than recording an autograd graph.
 """
 from __future__ import annotations
 
@@ -26,8 +29,13 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
     """Inverted dropout drawing its mask from `generator`, so training is reproducible and resumable."""
     if p <= 0:
         return x
+    return x * dropout_mask(x, p, generator)
+
+
+def dropout_mask(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """The scaled keep mask of inverted dropout (0 or 1 / (1 - p)) for a tensor shaped like `x`."""
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
-    return x * keep / (1.0 - p)
+    return keep * (1.0 / (1.0 - p))
 
 
 class GRU4Rec(nn.Module):
@@ -94,9 +102,9 @@ class GRU4Rec(nn.Module):
         return tables
 
     def dense_parameters(self) -> list[nn.Parameter]:
-        """Parameters updated as a whole."""
-        row_wise = {id(t) for t in self.item_tables()}
-        return [p for p in self.parameters() if id(p) not in row_wise]
+        """Parameters updated as a whole, in the order `train_backward` returns their gradients."""
+        first = [self.Urz0, self.Un0, self.b0] if self.mode == "none" else []
+        return first + [p for cell in self.cells for p in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
 
     def init_hidden(self, batch: int, device: torch.device) -> list[torch.Tensor]:
         return [torch.zeros(batch, size, device=device) for size in self.config.layers]
@@ -127,6 +135,88 @@ class GRU4Rec(nn.Module):
             x = dropout(cell(x, hidden[i]), p_hidden, generator)
             hidden[i] = x
         return x
+
+    @torch.no_grad()
+    def train_forward(self, x: torch.Tensor, hidden: list[torch.Tensor],
+                      generator: torch.Generator) -> tuple[torch.Tensor, list]:
+        """`step` with dropout, keeping what `train_backward` needs; returns (output, cache).
+
+        Draws the same dropout masks in the same order as `step` with a generator.
+        """
+        cfg = self.config
+        cache: list = []
+        first = 0
+        if self.mode == "none":
+            h = hidden[0]
+            xn, xr, xz = (x + self.b0).chunk(3, dim=1)
+            hr, hz = (h @ self.Urz0).chunk(2, dim=1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            rh = r * h
+            n = torch.tanh(torch.addmm(xn, rh, self.Un0))
+            out = torch.lerp(h, n, z)
+            mask = dropout_mask(out, cfg.dropout_p_embed, generator) if cfg.dropout_p_embed > 0 else None
+            x = out if mask is None else out * mask
+            hidden[0] = x
+            cache.append((h, r, z, n, rh, mask))
+            first = 1
+        else:
+            mask = dropout_mask(x, cfg.dropout_p_embed, generator) if cfg.dropout_p_embed > 0 else None
+            cache.append(mask)
+            if mask is not None:
+                x = x * mask
+        for i, cell in enumerate(self.cells, start=first):
+            h = hidden[i]
+            size = cell.hidden_size
+            gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.T)
+            gh = torch.addmm(cell.bias_hh, h, cell.weight_hh.T)
+            rz = torch.sigmoid(gi[:, :2 * size] + gh[:, :2 * size])
+            r, z = rz[:, :size], rz[:, size:]
+            ghn = gh[:, 2 * size:]
+            n = torch.tanh(torch.addcmul(gi[:, 2 * size:], r, ghn))
+            out = torch.lerp(n, h, z)
+            mask = dropout_mask(out, cfg.dropout_p_hidden, generator) if cfg.dropout_p_hidden > 0 else None
+            cache.append((x, h, rz, n, ghn, mask))
+            x = out if mask is None else out * mask
+            hidden[i] = x
+        return x, cache
+
+    @torch.no_grad()
+    def train_backward(self, cache: list, grad: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Gradients of the dense parameters (in `dense_parameters` order) and of the input rows.
+
+        `grad` is the gradient of the loss with respect to `train_forward`'s output; no gradient flows
+        into the hidden state of the previous step (backpropagation through one step).
+        """
+        grads: list[list[torch.Tensor]] = []
+        for i in range(len(self.cells) - 1, -1, -1):
+            weight_ih = self.cells[i].weight_ih
+            x, h, rz, n, ghn, mask = cache[1 + i]
+            size = n.shape[1]
+            if mask is not None:
+                grad = grad * mask
+            r, z = rz[:, :size], rz[:, size:]
+            dan = grad * (1 - z) * (1 - n * n)
+            dgi = rz.new_empty((rz.shape[0], 3 * size))
+            torch.mul(dan * ghn, r * (1 - r), out=dgi[:, :size])
+            torch.mul(grad * (h - n), z * (1 - z), out=dgi[:, size:2 * size])
+            dgi[:, 2 * size:] = dan
+            dgh = dgi.clone()
+            dgh[:, 2 * size:].mul_(r)
+            grads.append([dgi.T @ x, dgh.T @ h, dgi.sum(0), dgh.sum(0)])
+            grad = dgi @ weight_ih
+        if self.mode == "none":
+            h, r, z, n, rh, mask = cache[0]
+            if mask is not None:
+                grad = grad * mask
+            dan = grad * z * (1 - n * n)
+            dr = (dan @ self.Un0.T) * h
+            dx = torch.cat([dan, dr * r * (1 - r), grad * (n - h) * z * (1 - z)], dim=1)
+            grads.append([h.T @ dx[:, h.shape[1]:], rh.T @ dan, dx.sum(0)])
+        else:
+            mask = cache[0]
+            dx = grad if mask is None else grad * mask
+        return [g for layer in reversed(grads) for g in layer], dx
 
     def score_all(self, h: torch.Tensor) -> torch.Tensor:
         """Scores of every item (not the padding row) for each row of `h`."""

@@ -4,17 +4,16 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-6
-ACC, MOM = 0, 1
 
 
 class IndexedAdagradM:
     """acc += g^2; mom = momentum * mom - lr * g / sqrt(acc + eps); p += mom (p -= lr * g / ... without momentum).
 
     Item tables are updated only on the rows a step used, after summing the gradients of duplicate
-    rows; every other row, with its accumulator and momentum, stays exactly as it was. Per table row
-    the optimiser keeps [acc, mom] side by side, so one gather and one scatter serve both. Duplicates
-    are summed in a zeroed scratch table, so no step needs `unique` or a data-dependent shape
-    (nothing forces a device synchronisation).
+    rows; every other row, with its accumulator and momentum, stays exactly as it was. Accumulators and
+    momenta are contiguous tables of their own (row gathers and scatters on them are the fast kind).
+    Duplicates are summed in a zeroed scratch table, so no step needs `unique` or a data-dependent shape
+    (nothing forces a device synchronisation); CPU matrices merge them with `unique` instead.
     """
 
     def __init__(self, dense: list[torch.Tensor], tables: list[torch.Tensor], lr: float, momentum: float,
@@ -24,32 +23,43 @@ class IndexedAdagradM:
         self.tables = tables
         self.lr = lr
         self.momentum = momentum
-        self.acc = {id(p): torch.zeros_like(p) for p in dense}
-        self.mom = {id(p): torch.zeros_like(p) for p in dense} if momentum > 0 else {}
-        slots = 2 if momentum > 0 else 1
-        self.scratch: dict[int, torch.Tensor] = {}  # made on first use: the CPU path of matrices needs none
-        self.row_state = {id(t): t.new_zeros((t.shape[0], slots) + t.shape[1:]) for t in tables}
-        for t in tables:
-            state = self.row_state[id(t)]
-            self.acc[id(t)] = state[:, ACC]
+        # Dense state lives in flat buffers (one kernel per update op instead of one per parameter);
+        # `acc`/`mom` hold views of them, and of the item tables' own state tables.
+        size = sum(p.numel() for p in dense)
+        like = dict(device=dense[0].device, dtype=dense[0].dtype) if dense else {}
+        self.dense_acc = torch.zeros(size, **like)
+        self.dense_mom = torch.zeros(size if momentum > 0 else 0, **like)
+        self.acc, self.mom = {}, {}
+        offset = 0
+        for p in dense:
+            n = p.numel()
+            self.acc[id(p)] = self.dense_acc[offset:offset + n].view_as(p)
             if momentum > 0:
-                self.mom[id(t)] = state[:, MOM]
+                self.mom[id(p)] = self.dense_mom[offset:offset + n].view_as(p)
+            offset += n
+        for t in tables:
+            self.acc[id(t)] = torch.zeros_like(t)
+            if momentum > 0:
+                self.mom[id(t)] = torch.zeros_like(t)
+        self.scratch: dict[int, torch.Tensor] = {}  # made on first use: the CPU path of matrices needs none
 
     @torch.no_grad()
     def step_dense(self, grads: list[torch.Tensor]) -> None:
-        """Update every dense parameter from its gradient."""
-        params = self.dense
-        accs = [self.acc[id(p)] for p in params]
-        torch._foreach_addcmul_(accs, grads, grads)
-        denom = torch._foreach_add(accs, EPS)
-        torch._foreach_sqrt_(denom)
+        """Update every dense parameter from its gradient (given in the order of `dense`)."""
+        if not self.dense:
+            return
+        g = torch.cat([grad.reshape(-1) for grad in grads])
+        acc = self.dense_acc.addcmul_(g, g)
+        denom = acc.add(EPS).sqrt_()
         if self.momentum > 0:
-            moms = [self.mom[id(p)] for p in params]
-            torch._foreach_mul_(moms, self.momentum)
-            torch._foreach_addcdiv_(moms, grads, denom, value=-self.lr)
-            torch._foreach_add_(params, moms)
+            step = self.dense_mom.mul_(self.momentum).addcdiv_(g, denom, value=-self.lr)
         else:
-            torch._foreach_addcdiv_(params, grads, denom, value=-self.lr)
+            step = g.div_(denom).mul_(-self.lr)
+        offset = 0
+        for p in self.dense:
+            n = p.numel()
+            p.add_(step[offset:offset + n].view_as(p))
+            offset += n
 
     @torch.no_grad()
     def step_rows(self, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
@@ -84,25 +94,29 @@ class IndexedAdagradM:
         table.index_copy_(0, rows, current + self._row_delta(table, rows, g))
 
     def _row_delta(self, table: torch.Tensor, rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Advance acc (and mom) of `rows` given their summed gradients; return the parameter change."""
-        state = self.row_state[id(table)]
-        gathered = state.index_select(0, rows)
-        acc = gathered[:, ACC].addcmul_(g, g)
-        step = g.mul_(acc.add(EPS).rsqrt_())
-        if self.momentum > 0:
-            delta = gathered[:, MOM].mul_(self.momentum).sub_(step, alpha=self.lr)
-        else:
-            delta = step.mul_(-self.lr)
-        state.index_copy_(0, rows, gathered)
-        return delta
+        """Advance acc (and mom) of `rows` given their summed gradients; return the parameter change.
+
+        With duplicate `rows` (the scratch path) every copy carries the same merged gradient, so the
+        duplicate writes agree.
+        """
+        acc_table = self.acc[id(table)]
+        acc = acc_table.index_select(0, rows).addcmul_(g, g)
+        acc_table.index_copy_(0, rows, acc)
+        step = g.mul_(acc.add_(EPS).rsqrt_())  # `g` is a temporary of the caller or of step_rows
+        if self.momentum == 0:
+            return step.mul_(-self.lr)
+        mom_table = self.mom[id(table)]
+        mom = mom_table.index_select(0, rows).mul_(self.momentum).sub_(step, alpha=self.lr)
+        mom_table.index_copy_(0, rows, mom)
+        return mom
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Accumulators and momenta, keyed by parameter position (dense first, then tables)."""
         state = {}
         for i, p in enumerate(self.dense + self.tables):
-            state[f"acc.{i}"] = self.acc[id(p)].contiguous()
+            state[f"acc.{i}"] = self.acc[id(p)].clone()  # copies: dense views share one buffer
             if self.momentum > 0:
-                state[f"mom.{i}"] = self.mom[id(p)].contiguous()
+                state[f"mom.{i}"] = self.mom[id(p)].clone()
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

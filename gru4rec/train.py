@@ -10,6 +10,7 @@ import torch
 
 from .batching import build_schedule
 from .config import Config
+from .cpu import ThreadChoice, keep_freed_memory, thread_candidates
 from .data import SessionData
 from .evaluate import EvalResult, evaluate
 from .graphs import CapturedStep
@@ -50,10 +51,16 @@ class Trainer:
     """Trains a GRU4Rec model on one dataset; `epoch` counts finished epochs and survives save/restore."""
 
     def __init__(self, config: Config, data: SessionData, device: str | torch.device | None = None,
-                 store_size: int = DEFAULT_STORE_SIZE, cuda_graphs: bool | None = None):
+                 store_size: int = DEFAULT_STORE_SIZE, cuda_graphs: bool | None = None, threads: int | None = None):
+        """`threads` fixes torch's CPU thread count for training; None on the CPU times the first steps with
+        one, half and all of torch's threads and keeps the fastest (see `gru4rec.cpu.ThreadChoice`)."""
         self.config = config
         self.data = data
         self.device = torch.device(device) if device is not None else default_device()
+        self.thread_choice: ThreadChoice | None = None
+        if self.device.type == "cpu":
+            keep_freed_memory()
+            self.thread_choice = ThreadChoice(thread_candidates() if threads is None else [threads])
         self.model = GRU4Rec(config, data.n_items).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.optimizer = IndexedAdagradM(self.model.dense_parameters(), self.model.item_tables(),
@@ -91,20 +98,9 @@ class Trainer:
         self.steps = {masked: CapturedStep(lambda masked=masked: self._step(masked), capture, (self.generator,))
                       for masked in (False, True)}
 
-    def _gather(self, table: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Rows of `table` as a gradient leaf: (leaf, its row ids, index of each requested row in the leaf).
-
-        On the CPU duplicates are gathered once (popular items repeat among the samples), which
-        shrinks the matmuls and lets the optimiser skip merging; on accelerators `unique` would
-        synchronise with the host, so rows are gathered as they come (the index is then None).
-        """
-        if self.compact_rows:
-            unique, index = torch.unique(rows, return_inverse=True)
-            return table.index_select(0, unique).requires_grad_(), unique, index
-        return table.index_select(0, rows).requires_grad_(), rows, None
-
+    @torch.no_grad()
     def _step(self, masked: bool) -> None:
-        """One minibatch at `self.cursor`: forward, loss, gradients, optimiser update.
+        """One minibatch at `self.cursor`: forward, loss, gradients by hand, optimiser update.
 
         Reads and writes only static buffers (capturable); `masked` excludes idle slots.
         """
@@ -121,49 +117,68 @@ class Trainer:
         if masked:
             self.valid[:B] = self.active.index_select(0, t)[0]
             mask = self.valid
-        with torch.no_grad():
-            b_out = model.By.index_select(0, cols).requires_grad_()
-            if model.mode == "shared":
-                w_out, w_rows, index = self._gather(model.Wy, torch.cat([inputs, cols]))
-                leaves = [w_out]
-            else:
-                x = model.input_table.index_select(0, inputs).requires_grad_()
-                w_out, w_rows, out_index = self._gather(model.Wy, cols)
-                leaves = [x, w_out]
-        if model.mode == "shared":  # the input rows come from the same leaf, under autograd
-            if index is None:
-                x, w_out, out_index = w_out[:B], w_out[B:], None
-            else:
-                x, out_index = w_out.index_select(0, index[:B]), index[B:]
+        shared = model.mode == "shared"
+        # Output rows (with the input rows in shared mode) are gathered once and updated once. On the CPU
+        # each distinct row only once: popular items repeat among the samples, so the matmuls shrink and
+        # the optimiser needs no merging (on accelerators `unique` would synchronise with the host).
+        rows = torch.cat([inputs, cols]) if shared else cols
+        col_index = None
+        if self.compact_rows:
+            rows, index = torch.unique(rows, return_inverse=True)
+            col_index = index[B:] if shared else index
+        w = model.Wy.index_select(0, rows)
+        if not shared:
+            x = model.input_table.index_select(0, inputs)
+        elif col_index is None:
+            x = w[:B]
+        else:
+            x = w.index_select(0, index[:B])
+        w_out = w if col_index is not None or not shared else w[B:]
+        b = model.By.index_select(0, cols)
         hidden = list(self.hidden)
-        h = model.step(x, hidden, self.generator)
-        if out_index is None:
-            scores = torch.addmm(b_out, h, w_out.T)
+        h, cache = model.train_forward(x, hidden, self.generator)
+        offsets = b  # per column: the bias, minus the logQ correction of cross-entropy
+        if cfg.loss == "cross-entropy" and cfg.logq > 0:
+            log_q = self.target_log_q.index_select(0, t)[0]
+            if samples is not None:
+                log_q = torch.cat([log_q, self.sample_log_q.index_select(0, samples)])
+            offsets = b - log_q
+        if col_index is None:
+            scores = torch.addmm(offsets, h, w_out.T)
         else:
-            scores = (h @ w_out.T).index_select(1, out_index) + b_out
+            scores = (h @ w_out.T).index_select(1, col_index).add_(offsets)
         if cfg.loss == "cross-entropy":
-            log_q = None
-            if cfg.logq > 0:
-                log_q = self.target_log_q.index_select(0, t)[0]
-                if samples is not None:
-                    log_q = torch.cat([log_q, self.sample_log_q.index_select(0, samples)])
-            rows = cross_entropy(scores, mask, log_q)
+            losses, grad = cross_entropy(scores, mask, scale=1.0 / B)
         else:
-            rows = bpr_max(scores, mask, cfg.elu_param, cfg.bpreg)
-        loss = rows.sum() / B
-        grads = torch.autograd.grad(loss, opt.dense + leaves + [b_out])
-        opt.step_dense(list(grads[:len(opt.dense)]))
-        leaf_grads = grads[len(opt.dense):]
-        if model.mode != "shared":
-            opt.step_rows(model.input_table, inputs, leaf_grads[0], x.detach())
-        opt.step_rows(model.Wy, w_rows, leaf_grads[-2], leaves[-1].detach(), unique_rows=self.compact_rows)
-        opt.step_rows(model.By, cols, leaf_grads[-1], b_out.detach())
-        with torch.no_grad():
-            for buffer, new in zip(self.hidden, hidden):
-                buffer.copy_(new)
-            self.step_loss.copy_(loss)
-            self.loss_sum.add_(loss * self.n_active.index_select(0, t)[0])
-            self.cursor.add_(1)
+            losses, grad = bpr_max(scores, mask, cfg.elu_param, cfg.bpreg, scale=1.0 / B)
+        if col_index is not None:  # sum the gradients of repeated columns into their row
+            grad_rows = grad.new_zeros((B, len(rows))).index_add_(1, col_index, grad)
+        else:
+            grad_rows = grad
+        dense_grads, dx = model.train_backward(cache, grad_rows @ w_out)
+        grad_w = grad_rows.T @ h
+        opt.step_dense(dense_grads)
+        if not shared:
+            opt.step_rows(model.input_table, inputs, dx, x)
+        elif col_index is None:
+            grad_w = torch.cat([dx, grad_w])
+        else:
+            grad_w.index_add_(0, index[:B], dx)
+        opt.step_rows(model.Wy, rows, grad_w, w, unique_rows=col_index is not None)
+        if col_index is None:
+            opt.step_rows(model.By, cols, grad.sum(dim=0), b)
+        else:  # per distinct row; in shared mode only the rows of the scored columns (inputs have no bias)
+            bias_rows, grad_b = rows, grad_rows.sum(dim=0)
+            if shared:
+                scored = torch.zeros(len(rows), dtype=torch.bool).index_fill_(0, col_index, True)
+                bias_rows, grad_b = rows[scored], grad_b[scored]
+            opt.step_rows(model.By, bias_rows, grad_b, unique_rows=True)
+        for buffer, new in zip(self.hidden, hidden):
+            buffer.copy_(new)
+        loss = losses.sum() / B
+        self.step_loss.copy_(loss)
+        self.loss_sum.add_(loss * self.n_active.index_select(0, t)[0])
+        self.cursor.add_(1)
 
     def run_step(self, t: int) -> torch.Tensor:
         """Run step `t` of the epoch (the cursor must stand at t); returns the step loss buffer."""
@@ -187,8 +202,14 @@ class Trainer:
         if progress is not None:
             steps = progress(steps, f"epoch {self.epoch + 1}")
         start = time.perf_counter()
+        choice = self.thread_choice
+        if choice is not None:
+            choice.begin()
         for t in steps:
-            self.run_step(t)
+            if choice is None:
+                self.run_step(t)
+            else:
+                choice.run(lambda: self.run_step(t))
         mean_loss = self.loss_sum.item() / max(self.n_pairs, 1)
         seconds = time.perf_counter() - start
         self.epoch += 1

@@ -187,3 +187,59 @@ def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(p
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-6)
     for name, p in ref_model.state_dict().items():
         torch.testing.assert_close(trainer.model.state_dict()[name], p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_thread_count_does_not_change_the_model(splits):
+    """The automatic thread choice only changes speed: one and two threads train the same model."""
+    train, _ = splits
+    cfg = Config(layers=[24], batch_size=16, n_sample=64, learning_rate=0.1, momentum=0.2, dropout_p_hidden=0.2,
+                 loss="bpr-max")
+    states = []
+    for threads in (1, 2):
+        trainer = Trainer(cfg, train, device="cpu", threads=threads)
+        trainer.fit(2)
+        states.append(trainer.model.state_dict())
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
+
+
+def test_thread_choice_keeps_the_fastest_count():
+    from gru4rec.cpu import ThreadChoice
+    previous = torch.get_num_threads()
+    choice = ThreadChoice([1, 2], rounds=2, chunk=2, warmup=1)
+    used = []
+
+    def step():  # a step that is slow with two threads
+        used.append(torch.get_num_threads())
+        if used[-1] == 2:
+            sum(range(200_000))
+
+    try:
+        while choice.chosen is None:
+            choice.run(step)
+        timed = used[1:]  # after the untimed warm-up step
+        assert choice.chosen == 1 and timed.count(1) == 4 and timed.count(2) == 4
+        choice.run(step)
+        assert used[-1] == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_trainers_share_no_state(splits):
+    """Two trainers of different shapes stepping in turn give what each gives alone (no cached constants)."""
+    train, _ = splits
+    configs = [Config(layers=[16], batch_size=6, n_sample=20, loss="bpr-max"),
+               Config(layers=[16], batch_size=9, n_sample=30, loss="bpr-max", elu_param=1.0)]
+
+    def losses(trainers):
+        out = [[] for _ in trainers]
+        for trainer in trainers:
+            trainer.start_epoch()
+        for t in range(40):
+            for i, trainer in enumerate(trainers):
+                out[i].append(trainer.run_step(t).item())
+        return out
+
+    together = losses([Trainer(c, train, device="cpu", threads=1) for c in configs])
+    alone = [losses([Trainer(c, train, device="cpu", threads=1)])[0] for c in configs]
+    assert together == alone

@@ -1,0 +1,89 @@
+"""CPU runtime settings for the per-step work: freed memory kept for reuse, and the thread count per shape.
+
+A training step allocates a dozen temporaries of one to a few MB (scores, gradients, gathered rows).
+glibc serves blocks that large with a fresh `mmap` each time and returns them on free, so every step
+pays a page fault per 4 KB touched: over a thousand faults a step at batch 128, more time than the
+arithmetic. Raising glibc's mmap and trim thresholds keeps such blocks in the heap for the next step.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import time
+from typing import Callable
+
+import torch
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's upper limit for this setting on 64-bit systems
+TRIM_THRESHOLD = 1 << 30
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve blocks up to 32 MB from its heap and to keep freed memory; False where there is no glibc.
+
+    Process-wide and done once; the cost is that the process keeps its peak of temporaries mapped.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+@functools.cache
+def _default_threads() -> int:
+    """torch's thread count when first asked (before any choice here changed it)."""
+    return torch.get_num_threads()
+
+
+def thread_candidates() -> list[int]:
+    """Thread counts worth trying: one, half and all of torch's default."""
+    default = _default_threads()
+    return sorted({1, max(1, default // 2), default})
+
+
+class ThreadChoice:
+    """Picks the fastest torch thread count for a training step by timing real steps, interleaved.
+
+    At small shapes one thread can beat several (the work per op is too small to share), at larger
+    ones it cannot; which wins depends on the machine, so it is measured: `rounds` rounds of `chunk`
+    steps per candidate, the candidates' order alternating, after `warmup` untimed steps. The thread
+    count does not change the results (the tests check this), so the choice only affects speed.
+    """
+
+    def __init__(self, candidates: list[int], rounds: int = 4, chunk: int = 4, warmup: int = 2):
+        self.candidates = candidates
+        order = [candidates if r % 2 == 0 else candidates[::-1] for r in range(rounds)]
+        self.plan = [c for round_ in order for c in round_ for _ in range(chunk)]
+        self.seconds = dict.fromkeys(candidates, 0.0)
+        self.warmup = warmup
+        self.chosen: int | None = candidates[0] if len(candidates) == 1 else None
+
+    def begin(self) -> None:
+        """Set the chosen thread count (at the start of an epoch: something else may have changed it)."""
+        if self.chosen is not None:
+            torch.set_num_threads(self.chosen)
+
+    def run(self, step: Callable[[], object]) -> None:
+        """Run one step under the thread count being tried, or under the chosen one once decided."""
+        if self.chosen is not None:
+            step()
+            return
+        if self.warmup > 0:
+            self.warmup -= 1
+            step()
+            return
+        threads = self.plan.pop(0)
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        step()
+        self.seconds[threads] += time.perf_counter() - start
+        if not self.plan:
+            self.chosen = min(self.seconds, key=self.seconds.get)
+            torch.set_num_threads(self.chosen)
