@@ -7,80 +7,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import torch
+from typing import Sequence
 
 from . import __version__
-from .checkpoint import ModelFileError, load_model, save_model
-from .config import Config, ConfigError, parse_param_string, read_param_file
-from .data import DataError, load_session_data
+from .checkpoint import load_model, save_model
+from .config import Config, parse_param_string, read_param_file
 from .datasets import preprocess
 from .datasets.synthetic import SyntheticSpec, write_splits
-from .evaluate import TIE_MODES, EvalResult, evaluate
-from .sampling import DEFAULT_STORE_SIZE
-from .train import EpochInfo, Trainer, TrainingError, default_device
-
-MODEL_VARIANTS = ("gru4rec_pytorch",)
-USER_ERRORS = (ConfigError, DataError, ModelFileError, TrainingError, ValueError, OSError)
-
-
-class UsageError(Exception):
-    """A command-line problem reported as one line, before any work is done."""
-
-
-def terminal_progress(iterable: Iterable, desc: str) -> Iterable:
-    """A progress bar when stdout is a terminal; the plain iterable otherwise (logs stay clean)."""
-    if not sys.stdout.isatty():
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by commands that read event files and train or evaluate."""
-    parser.add_argument("-e", "--eval_type", choices=TIE_MODES, default="standard",
-                        help="tie-breaking of equal scores in evaluation: standard counts items scored strictly "
-                             "higher, conservative also counts ties, median counts half of the ties "
-                             "(default: standard)")
-    parser.add_argument("-d", "--device", default=None,
-                        help="device to train and evaluate on, e.g. cpu, cuda, cuda:1 (default: cuda if present, "
-                             "else cpu)")
-    parser.add_argument("-ik", "--item_key", default="ItemId", help="item id column (default: ItemId)")
-    parser.add_argument("-sk", "--session_key", default="SessionId", help="session id column (default: SessionId)")
-    parser.add_argument("-tk", "--time_key", default="Time", help="timestamp column (default: Time)")
-    parser.add_argument("-pm", "--primary_metric", choices=("recall", "mrr"), default="recall",
-                        help="metric reported as the primary one (default: recall)")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """The device to use, with a clear error for a malformed or absent one."""
-    if name is None:
-        return default_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"-d {name!r}: not a device name (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"-d {name!r}: CUDA is not available on this machine; use -d cpu")
-    return device
-
-
-def check_writable(path: Path, option: str) -> None:
-    """Fail early when an output file could not be written, instead of after hours of training."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"{option} {path}: directory {directory} does not exist")
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise UsageError(f"{option} {path}: not writable ({e.strerror})") from None
-
+from .evaluate import evaluate
+from .options import (USER_ERRORS, UsageError, add_data_options, add_training_options, check_training_options,
+                      check_writable, load_events, report, resolve_device, terminal_progress)
+from .train import Trainer
 
 def read_params(args: argparse.Namespace) -> dict:
     if args.parameter_string is not None:
@@ -95,28 +35,17 @@ def print_set_lines(params: dict, config: Config) -> None:
         print(f"SET   {name}{' ' * max(1, 24 - len(name))}TO   {value}   (type: {type(value)})")
 
 
-def report(result: EvalResult, primary: str, log_primary: bool) -> None:
-    for line in result.lines():
-        print(line)
-    if log_primary:
-        first = result.cutoffs[0]
-        value = result.recall[first] if primary == "recall" else result.mrr[first]
-        print(f"PRIMARY METRIC: {value}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     sources = [args.parameter_string is not None, args.parameter_file is not None, args.load_model]
     if sum(sources) != 1:
         raise UsageError("give exactly one of -ps (parameter string), -pf (parameter file) or -l (load model)")
-    if args.gru4rec_model not in MODEL_VARIANTS:
-        raise UsageError(f"-g {args.gru4rec_model!r}: unknown model variant; available: {', '.join(MODEL_VARIANTS)}")
+    check_training_options(args)
     device = resolve_device(args.device)
     for test in args.test or []:
         if not Path(test).is_file():
             raise UsageError(f"-t {test}: no such file")
     if args.save_model:
         check_writable(Path(args.save_model), "-s")
-    keys = dict(session_key=args.session_key, item_key=args.item_key, time_key=args.time_key)
     if args.load_model:
         print(f"Loading trained model from file: {args.path} (to device \"{device}\")")
         model, item_ids = load_model(args.path, device)
@@ -127,19 +56,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_set_lines(params, config)
         print("Loading training data...")
         print(f"Loading data from file: {args.path}")
-        train = load_session_data(args.path, **keys)
+        train = load_events(args, args.path)
         item_ids = train.item_ids
     tests = []
     for test_path in args.test or []:
         print("Loading test data...")
         print(f"Loading data from file: {test_path}")
-        tests.append(load_session_data(test_path, item_ids, **keys))
+        tests.append(load_events(args, test_path, item_ids))
         if tests[-1].n_dropped:
             print(f"Dropped {tests[-1].n_dropped} test events whose item is not in the training item map")
     if not args.load_model:
         print("Started training")
         start = time.perf_counter()
-        trainer = Trainer(config, train, device=device, store_size=args.sample_store_size)
+        trainer = Trainer(config, train, device=device, store_size=args.sample_store_size, threads=args.threads)
         trainer.fit(callback=lambda info: print(info.line(), flush=True), progress=terminal_progress)
         print(f"Total training time: {time.perf_counter() - start:.2f}s")
         model = trainer.model
@@ -168,8 +97,8 @@ def add_run_parser(subparsers) -> None:
         "run", help="train and/or evaluate a model (the official run.py)",
         description="Train GRU4Rec on PATH (or load a saved model from PATH with -l), optionally save it, "
                     "and evaluate it on one or more test files.")
-    p.add_argument("path", help="training data (.tsv/.txt TAB-separated, .csv, .parquet, .pickle/.pkl), or the "
-                                "saved model when -l is given")
+    p.add_argument("path", help="training data: .csv comma-separated, .parquet, .pickle/.pkl with --allow-pickle, "
+                                "any other name TAB-separated (as the official run.py); or the saved model with -l")
     source = p.add_argument_group("model source (exactly one)")
     source.add_argument("-ps", "--parameter_string", metavar="PARAM_STRING",
                         help="parameters as name=value pairs separated by commas, lists with '/', "
@@ -183,12 +112,9 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("-t", "--test", metavar="TEST_PATH", nargs="+", help="test files, each evaluated in turn")
     p.add_argument("-m", "--measure", metavar="AT", type=int, nargs="+", default=[20],
                    help="cut-offs of recall and MRR (default: 20)")
-    p.add_argument("-ss", "--sample_store_size", metavar="SS", type=int, default=DEFAULT_STORE_SIZE,
-                   help=f"negative samples generated at once (default: {DEFAULT_STORE_SIZE:,})")
-    p.add_argument("-g", "--gru4rec_model", metavar="VARIANT", default=MODEL_VARIANTS[0],
-                   help=f"model variant; this package has one: {', '.join(MODEL_VARIANTS)} (the default)")
     p.add_argument("-lpm", "--log_primary_metric", action="store_true",
                    help="also print 'PRIMARY METRIC: <value>' for the first cut-off")
+    add_training_options(p)
     add_data_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -15,35 +15,43 @@ class DataError(ValueError):
     """An input file or frame cannot be used; the message names the file and the column or line."""
 
 
+PICKLE_SUFFIXES = (".pickle", ".pkl")
+
+
 def read_events(path: str | os.PathLike, session_key: str = SESSION_KEY, item_key: str = ITEM_KEY,
-                time_key: str = TIME_KEY) -> pd.DataFrame:
-    """Read an event file (.tsv/.txt TAB-separated, .csv, .parquet, .pickle/.pkl) with the three columns.
+                time_key: str = TIME_KEY, allow_pickle: bool = False) -> pd.DataFrame:
+    """Read an event file with the three columns: .csv comma-separated, .parquet, a pickled DataFrame
+    (.pickle/.pkl, written by pandas or joblib; only with `allow_pickle`), anything else TAB-separated
+    (as the official run.py reads every file that is not a pickle).
 
     Item ids from text files are kept as strings so that ids are compared exactly as written.
+    Unpickling runs code from the file, hence the explicit switch.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     columns = [session_key, item_key, time_key]
+    if suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise DataError(f"{path}: reading a pickle runs code from the file; pass --allow-pickle if you trust it "
+                        "(or convert it to .tsv or .parquet)")
     try:
-        if suffix in (".tsv", ".txt", ".csv"):
-            sep = "," if suffix == ".csv" else "\t"
-            header = pd.read_csv(path, sep=sep, nrows=0).columns
-            _check_columns(path, header, columns)
-            df = pd.read_csv(path, sep=sep, usecols=columns, dtype={item_key: str})
-        elif suffix == ".parquet":
+        if suffix == ".parquet":
             import pyarrow.parquet as pq
             _check_columns(path, pq.read_schema(path).names, columns)
             df = pd.read_parquet(path, columns=columns)
-        elif suffix in (".pickle", ".pkl"):
-            df = pd.read_pickle(path)
+        elif suffix in PICKLE_SUFFIXES:
+            import joblib  # reads joblib dumps (as the official run.py writes and reads them) and plain pickles
+            df = joblib.load(path)
             if not isinstance(df, pd.DataFrame):
                 raise DataError(f"{path}: the pickle holds a {type(df).__name__}, not a DataFrame")
             _check_columns(path, df.columns, columns)
             df = df[columns]
         else:
-            raise DataError(f"{path}: unknown file type {suffix!r}; use .tsv, .txt, .csv, .parquet, .pickle or .pkl")
+            sep = "," if suffix == ".csv" else "\t"
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            _check_columns(path, header, columns)
+            df = pd.read_csv(path, sep=sep, usecols=columns, dtype={item_key: str})
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
     except DataError:
@@ -175,7 +183,7 @@ def _is_text(values: pd.Index | pd.Series) -> bool:
 
 
 def load_session_data(path: str | os.PathLike, item_ids: pd.Index | None = None, session_key: str = SESSION_KEY,
-                      item_key: str = ITEM_KEY, time_key: str = TIME_KEY) -> SessionData:
+                      item_key: str = ITEM_KEY, time_key: str = TIME_KEY, allow_pickle: bool = False) -> SessionData:
     """Read an event file and build its SessionData (see `read_events` and `SessionData.from_frame`)."""
-    df = read_events(path, session_key, item_key, time_key)
+    df = read_events(path, session_key, item_key, time_key, allow_pickle)
     return SessionData.from_frame(df, item_ids, session_key, item_key, time_key, source=str(path))

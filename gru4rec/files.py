@@ -27,3 +27,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def probe_directory(directory: str | os.PathLike) -> None:
+    """Create and remove a file in `directory`; raises OSError where that is not possible."""
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-", suffix=".tmp"):
+        pass

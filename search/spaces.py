@@ -61,8 +61,12 @@ def read_space_text(path: str | os.PathLike) -> str:
         raise SpaceError(f"{path}: cannot read space file ({e.strerror})") from None
 
 
-def parse_space(text: str, source: str = "space") -> Space:
-    """Parse JSON Lines space text into Optuna distributions, checking every value against Config."""
+def parse_space(text: str, source: str = "space", study_rules: bool = True) -> Space:
+    """Parse JSON Lines space text into Optuna distributions, checking every value against Config.
+
+    With `study_rules` (the searches of gru4rec-search) the parameters a study sets itself and the seed
+    are refused; `gru4rec paropt`, like the official paropt.py, searches any parameter.
+    """
     space: Space = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -75,7 +79,7 @@ def parse_space(text: str, source: str = "space") -> Space:
         if not isinstance(entry, dict):
             raise SpaceError(f"{where}: expected a JSON object like "
                              '{"name": "layers", "dtype": "int", "values": [64, 512], "step": 32}')
-        name, dist = _parse_entry(entry, where)
+        name, dist = _parse_entry(entry, where, study_rules)
         if name in space:
             raise SpaceError(f"{where}: parameter {name!r} appears twice")
         space[name] = dist
@@ -84,12 +88,12 @@ def parse_space(text: str, source: str = "space") -> Space:
     return space
 
 
-def load_space(path: str | os.PathLike) -> Space:
-    """Read and parse a space file."""
-    return parse_space(read_space_text(path), str(path))
+def load_space(path: str | os.PathLike, study_rules: bool = True) -> Space:
+    """Read and parse a space file (see `parse_space`)."""
+    return parse_space(read_space_text(path), str(path), study_rules)
 
 
-def _parse_entry(entry: dict[str, Any], where: str) -> tuple[str, BaseDistribution]:
+def _parse_entry(entry: dict[str, Any], where: str, study_rules: bool) -> tuple[str, BaseDistribution]:
     """Check one space line and turn it into (name, distribution)."""
     unknown = sorted(set(entry) - LINE_KEYS)
     if unknown:
@@ -100,9 +104,9 @@ def _parse_entry(entry: dict[str, Any], where: str) -> tuple[str, BaseDistributi
     name, dtype, values = entry["name"], entry["dtype"], entry["values"]
     if not isinstance(name, str) or name not in CONFIG_FIELDS:
         raise SpaceError(f"{where}: unknown parameter {name!r}; known parameters: {', '.join(CONFIG_FIELDS)}")
-    if name in STUDY_PARAMS:
+    if study_rules and name in STUDY_PARAMS:
         raise SpaceError(f"{where}: {name} is set by the study ({STUDY_PARAMS[name]}), not by the space")
-    if name == "seed":
+    if study_rules and name == "seed":
         raise SpaceError(f"{where}: seed cannot be searched; fix it with --fixed seed=N")
     if dtype not in DTYPES:
         raise SpaceError(f"{where}: {name}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")

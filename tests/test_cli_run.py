@@ -68,6 +68,21 @@ def test_tsv_csv_parquet_give_identical_metrics(small):
     assert results[0][0][1] > 0.2
 
 
+def test_official_file_forms_read_like_the_official_run_py(small, tmp_path):
+    """A joblib .pickle (behind --allow-pickle) and TAB-separated files of any other name give the same run."""
+    import joblib
+    joblib.dump(pd.read_csv(small / "train.tsv", sep="\t", dtype={"ItemId": str}), tmp_path / "train.pickle")
+    shutil.copy(small / "train.tsv", tmp_path / "events.dat")
+    shutil.copy(small / "train.tsv", tmp_path / "events")
+    one_line_error(gru4rec("run", tmp_path / "train.pickle", "-ps", SMALL, "-d", "cpu", ok=False),
+                   "pass --allow-pickle if you trust it")
+    expected = metrics(gru4rec("run", small / "train.tsv", "-ps", SMALL, "-t", small / "test.tsv", "-d", "cpu").stdout)
+    for path, extra in ((tmp_path / "train.pickle", ["--allow-pickle"]), (tmp_path / "events.dat", []),
+                        (tmp_path / "events", [])):
+        run = gru4rec("run", path, "-ps", SMALL, "-t", small / "test.tsv", "-d", "cpu", *extra)
+        assert metrics(run.stdout) == expected, path
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in SPACES.glob("*_best.py")) or ["none"])
 def test_published_paramfiles_train(name, small, tmp_path):
     if name == "none":

@@ -80,8 +80,36 @@ def test_formats_agree(tmp_path):
     df.to_csv(tmp_path / "d.csv", index=False)
     df.to_parquet(tmp_path / "d.parquet")
     df.to_pickle(tmp_path / "d.pkl")
-    loaded = [load_session_data(tmp_path / f"d.{ext}") for ext in ("tsv", "csv", "parquet", "pkl")]
+    loaded = [load_session_data(tmp_path / f"d.{ext}", allow_pickle=ext == "pkl") for ext in ("tsv", "csv", "parquet", "pkl")]
     for d in loaded[1:]:
         assert d.items.tolist() == loaded[0].items.tolist()
         assert d.offsets.tolist() == loaded[0].offsets.tolist()
         assert [str(x) for x in d.item_ids] == [str(x) for x in loaded[0].item_ids]
+
+
+def test_files_of_the_official_forms_load(tmp_path):
+    """The official run.py reads .pickle with joblib and every other file as TAB-separated text."""
+    import joblib
+    df = pd.DataFrame({"SessionId": [3, 3, 1, 1, 1], "ItemId": [5, 6, 6, 7, 5], "Time": [9, 10, 1, 2, 3]})
+    expected = load_session_data(_write(tmp_path / "d.tsv", df))
+    joblib.dump(df, tmp_path / "d.pickle")  # joblib's own format, which pd.read_pickle cannot read
+    with pytest.raises(Exception):
+        pd.read_pickle(tmp_path / "d.pickle")
+    df.to_csv(tmp_path / "events.dat", sep="\t", index=False)
+    df.to_csv(tmp_path / "events", sep="\t", index=False)
+    for data in (load_session_data(tmp_path / "d.pickle", allow_pickle=True), load_session_data(tmp_path / "events.dat"),
+                 load_session_data(tmp_path / "events")):
+        assert data.items.tolist() == expected.items.tolist() and data.offsets.tolist() == expected.offsets.tolist()
+        assert [str(x) for x in data.item_ids] == [str(x) for x in expected.item_ids]
+
+
+def test_pickles_need_the_explicit_switch(tmp_path):
+    df = pd.DataFrame({"SessionId": [1, 1], "ItemId": [5, 6], "Time": [1, 2]})
+    df.to_pickle(tmp_path / "d.pkl")
+    with pytest.raises(DataError, match=r"d.pkl: reading a pickle runs code from the file; pass --allow-pickle"):
+        load_session_data(tmp_path / "d.pkl")
+
+
+def _write(path, df):
+    df.to_csv(path, sep="\t", index=False)
+    return path

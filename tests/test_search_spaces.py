@@ -99,6 +99,13 @@ def test_published_spaces_match_spec_10():
     ("coveo", "bprmax", dict(layers=[512], batch_size=144, elu_param=1.0, bpreg=1.85, momentum=0.4, logq=0.0)),
     ("retailrocket", "bprmax", dict(layers=[224], batch_size=80, elu_param=0.5, bpreg=1.95, dropout_p_hidden=0.05)),
     ("diginetica", "bprmax", dict(layers=[512], batch_size=128, elu_param=1.0, bpreg=0.9, momentum=0.15)),
+    # The best config of the other loss per dataset, from the same study (shared/spec/datasets.md).
+    ("coveo", "xe", dict(layers=[512], batch_size=32, dropout_p_embed=0.4, dropout_p_hidden=0.15, learning_rate=0.03,
+                         sample_alpha=0.0, logq=1.0)),
+    ("diginetica", "xe", dict(layers=[192], batch_size=128, dropout_p_embed=0.45, learning_rate=0.1)),
+    ("retailrocket", "xe", dict(layers=[192], batch_size=240, learning_rate=0.085, momentum=0.3, sample_alpha=0.3)),
+    ("yoochoose", "bprmax", dict(layers=[448], batch_size=48, elu_param=0.0, bpreg=0.5, learning_rate=0.075)),
+    ("rees46", "bprmax", dict(layers=[512], batch_size=32, elu_param=0.5, bpreg=0.75, momentum=0.55)),
 ])
 def test_published_best_configs_are_official_paramfiles(dataset, loss, expected):
     path = SPACES_DIR / "best" / f"{dataset}_{loss}_shared_best.py"
@@ -108,7 +115,7 @@ def test_published_best_configs_are_official_paramfiles(dataset, loss, expected)
     assert cfg.loss == ("cross-entropy" if loss == "xe" else "bpr-max")
     for key, value in expected.items():
         assert getattr(cfg, key) == value, key
-    assert len(list((SPACES_DIR / "best").glob("*_best.py"))) == 6
+    assert len(list((SPACES_DIR / "best").glob("*_best.py"))) == 11
 
 
 @pytest.mark.parametrize("loss,mode,expected", [
