@@ -1,14 +1,19 @@
 """Training speed (events/s, minibatches/s) over a grid of losses, batch and layer sizes, and options.
 
 Warm-up steps are excluded; each figure is the median of repeats of a fixed number of steps.
+With `--against-official PATH` it instead runs the official code in PATH and `gru4rec run` alternately
+on the same data (whole runs: 3 epochs and the test evaluation, both at their default thread counts)
+and prints their events/s, evaluation predictions/s and Recall/MRR@20 with the ratios.
 """
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import torch
 
-from common import base_arguments, dataset, environment, median_time, write_results
+from common import SHARED, base_arguments, dataset, environment, median_time, write_results
+from official import compare
 from gru4rec.config import Config
 from gru4rec.train import Trainer
 
@@ -29,11 +34,41 @@ def measure(config: Config, data, device, steps: int, repeats: int) -> dict:
     return {"mb/s": steps / seconds, "events/s": events / seconds}
 
 
+# The settings compared with the official code: the RSC15 best config (cross-entropy, layers 100, batch 32),
+# and the RetailRocket best BPR-max config at batch 128; 3 epochs each, shared embedding, n_sample 2048.
+OFFICIAL_SETTINGS = {
+    "xe layers 100 batch 32": "loss=cross-entropy,layers=100,batch_size=32,dropout_p_embed=0.0,dropout_p_hidden=0.4,"
+                              "learning_rate=0.2,momentum=0.2,sample_alpha=0.5,n_sample=2048,logq=1.0,"
+                              "constrained_embedding=True,embedding=0,n_epochs=3",
+    "bpr-max layers 224 batch 128": "loss=bpr-max,layers=224,batch_size=128,dropout_p_embed=0.5,dropout_p_hidden=0.05,"
+                                    "learning_rate=0.05,momentum=0.4,sample_alpha=0.4,n_sample=2048,bpreg=1.95,"
+                                    "elu_param=0.5,constrained_embedding=True,embedding=0,n_epochs=3",
+}
+
+
+def against_official(path: Path, datasets: list[str], repeats: int) -> None:
+    """Both implementations alternately per setting and dataset; medians and ratios in one table."""
+    rows = []
+    for name in datasets:
+        for setting, params in OFFICIAL_SETTINGS.items():
+            result = compare(path, f"{name}: {setting}", params, SHARED / name / "train_full.tsv",
+                             SHARED / name / "test.tsv", repeats)
+            rows.append(result.row())
+    write_results("against_official", {**environment(torch.device("cpu")), "official": str(path),
+                                       "repeats": repeats}, rows)
+
+
 def main() -> None:
     p = base_arguments(__doc__)
     p.add_argument("--steps", type=int, default=200, help="timed steps per repeat")
     p.add_argument("--quick", action="store_true", help="batch 32 and 128, layers 100 only")
+    p.add_argument("--against-official", type=Path, metavar="PATH",
+                   help="a checkout of the official GRU4Rec_PyTorch_Official to run side by side (CPU)")
     args = p.parse_args()
+    if args.against_official:
+        names = [n for n in args.datasets.split(",") if n != "synthetic_1m"]
+        against_official(args.against_official, names, args.repeats)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
