@@ -17,9 +17,9 @@ from .checkpoint import load_model, save_model
 from .config import Config, parse_param_string, read_param_file
 from .datasets import preprocess
 from .datasets.synthetic import SyntheticSpec, write_splits
-from .evaluate import evaluate
-from .options import (USER_ERRORS, UsageError, add_data_options, add_training_options, check_training_options,
-                      check_writable, load_events, report, resolve_device, terminal_progress)
+from .evaluate import EVAL_BATCH, evaluate
+from .options import (USER_ERRORS, UsageError, add_data_options, add_training_options, check_cutoffs,
+                      check_training_options, check_writable, load_events, report, resolve_device, terminal_progress)
 from .train import Trainer
 
 def read_params(args: argparse.Namespace) -> dict:
@@ -40,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if sum(sources) != 1:
         raise UsageError("give exactly one of -ps (parameter string), -pf (parameter file) or -l (load model)")
     check_training_options(args)
+    check_cutoffs(args.measure, "-m")
     device = resolve_device(args.device)
     for test in args.test or []:
         if not Path(test).is_file():
@@ -63,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("Loading test data...")
         print(f"Loading data from file: {test_path}")
         tests.append(load_events(args, test_path, item_ids))
+        tests[-1].check_schedule(EVAL_BATCH, "predict")  # before hours of training, not after
         if tests[-1].n_dropped:
             print(f"Dropped {tests[-1].n_dropped} test events whose item is not in the training item map")
     if not args.load_model:
@@ -85,6 +87,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.events < 100:
+        raise UsageError(f"--events {args.events}: generate at least 100 events (four splits of sessions)")
+    if args.items is not None and args.items < 2:
+        raise UsageError(f"--items {args.items}: need at least 2 items")
+    if not args.test_days > 0:
+        raise UsageError(f"--test-days {args.test_days}: must be a number of days > 0")
     spec = SyntheticSpec(n_events=args.events, n_items=args.items, seed=args.seed)
     paths = write_splits(args.out_dir, spec, test_days=args.test_days)
     for name, path in paths.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -63,8 +64,11 @@ class Config:
             ("logq", self.logq >= 0, "a number >= 0"),
         ]
         for name, ok, allowed in checks:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name}={value!r}: must be a finite number")
             if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r}: must be {allowed}")
+                raise ConfigError(f"{name}={value!r}: must be {allowed}")
 
     @property
     def embedding_mode(self) -> str:
@@ -101,10 +105,7 @@ def _convert(key: str, raw: Any, type_name: str) -> Any:
         if type_name == "bool":
             return _parse_bool(raw)
         if type_name == "int":
-            value = float(raw) if isinstance(raw, str) else raw
-            if isinstance(value, bool) or int(value) != value:
-                raise ValueError
-            return int(value)
+            return _integer(raw)
         if type_name == "float":
             if isinstance(raw, bool):
                 raise ValueError
@@ -112,19 +113,26 @@ def _convert(key: str, raw: Any, type_name: str) -> Any:
         if key == "loss":
             return LOSS_ALIASES.get(str(raw), str(raw))
         return raw
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         expected = {"list[int]": "sizes separated by '/' such as 100/100", "bool": "True/False or 1/0",
                     "int": "an integer", "float": "a number"}[type_name]
         raise ConfigError(f"{key}={raw!r}: expected {expected}") from None
 
 
+def _integer(raw: Any) -> int:
+    """An integer from an int, an integral float or its text; ValueError/OverflowError otherwise (8.9, inf)."""
+    value = float(raw) if isinstance(raw, str) else raw
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError
+    return int(value)
+
+
 def _parse_layers(raw: Any) -> list[int]:
     if isinstance(raw, str):
-        parts = [p for p in raw.replace(",", "/").split("/") if p.strip()]
-        return [int(p) for p in parts]
+        return [_integer(p) for p in raw.replace(",", "/").split("/") if p.strip()]
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return [int(raw)]
-    return [int(v) for v in raw]
+        return [_integer(raw)]
+    return [_integer(v) for v in raw]
 
 
 def _parse_bool(raw: Any) -> bool:
@@ -153,6 +161,8 @@ def parse_param_string(text: str) -> dict[str, str]:
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"parameter string item {part!r} is not of the form name=value")
+        if key.strip() in params:
+            raise ConfigError(f"parameter {key.strip()!r} is given twice in the parameter string")
         params[key.strip()] = value.strip()
     return params
 
@@ -169,7 +179,7 @@ def read_param_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read parameter file ({e.strerror})") from None
     if path.suffix == ".json" or text.lstrip().startswith("{"):
         try:
-            params = json.loads(text)
+            params = json.loads(text, object_pairs_hook=lambda pairs: _unique_pairs(path, pairs))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(params, dict):
@@ -206,14 +216,27 @@ def _literal_params(path: Path, node: ast.expr) -> dict[str, Any]:
     try:
         if is_call:
             pairs = ast.literal_eval(node.args[0]) if node.args else []
-            return OrderedDict((str(k), v) for k, v in pairs)
-        value = ast.literal_eval(node)
-        if isinstance(value, dict):
-            return dict(value)
+            return _unique_pairs(path, [(str(k), v) for k, v in pairs], node.lineno)
+        if isinstance(node, ast.Dict):
+            keys = [ast.literal_eval(k) for k in node.keys]
+            return _unique_pairs(path, list(zip(map(str, keys), map(ast.literal_eval, node.values))), node.lineno)
+    except ConfigError:
+        raise
     except (ValueError, TypeError, SyntaxError):
         pass
     raise ConfigError(f"{path}: line {node.lineno}: gru4rec_params must be OrderedDict([(name, value), ...]) "
                       "built from literals only")
+
+
+def _unique_pairs(path: Path, pairs: list[tuple[str, Any]], line: int | None = None) -> OrderedDict:
+    """The (name, value) pairs as a dict; a name given twice is an error (the last one would win silently)."""
+    params: OrderedDict = OrderedDict()
+    for key, value in pairs:
+        if key in params:
+            where = f"{path}: line {line}" if line else str(path)
+            raise ConfigError(f"{where}: parameter {key!r} is given twice")
+        params[key] = value
+    return params
 
 
 def format_param_file(config: Config) -> str:

@@ -85,8 +85,13 @@ def validate_events(df: pd.DataFrame, source: str, session_key: str = SESSION_KE
         numeric = pd.to_numeric(time, errors="coerce")
         raise DataError(f"{source}: column {time_key!r} is not numeric at {_line_of(df, numeric.isna().to_numpy())}"
                         f" (value {time.iloc[int(np.argmax(numeric.isna().to_numpy()))]!r})")
-    if pd.api.types.is_numeric_dtype(time) and time.isna().any():
-        raise DataError(f"{source}: column {time_key!r} is empty or NaN at {_line_of(df, time.isna().to_numpy())}")
+    if pd.api.types.is_numeric_dtype(time):
+        bad = ~np.isfinite(time.to_numpy(dtype=np.float64))
+        if bad.any():
+            raise DataError(f"{source}: column {time_key!r} is empty, NaN or infinite at {_line_of(df, bad)} "
+                            f"(value {time.iloc[int(np.argmax(bad))]!r})")
+    elif time.isna().any():
+        raise DataError(f"{source}: column {time_key!r} is empty (NaT) at {_line_of(df, time.isna().to_numpy())}")
 
 
 def _line_of(df: pd.DataFrame, bad: np.ndarray) -> str:
@@ -112,6 +117,7 @@ class SessionData:
     offsets: np.ndarray
     item_ids: pd.Index
     n_dropped: int = 0
+    source: str = "data"
 
     @property
     def n_events(self) -> int:
@@ -124,6 +130,26 @@ class SessionData:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def n_pairs(self) -> int:
+        """(input, next item) pairs: a session of n events gives n - 1."""
+        return self.n_events - self.n_sessions
+
+    def check_schedule(self, batch_size: int, purpose: str, budget: int = 1 << 26) -> None:
+        """One-line errors for data the session-parallel schedule cannot use, before memory is spent on it.
+
+        The schedule holds (steps x batch_size) slots, and there are at least as many steps as the longest
+        session has events: a giant session (a wrong session column, say) would fill memory with padding.
+        """
+        if self.n_pairs == 0:
+            raise DataError(f"{self.source}: every session has a single event, so there is nothing to {purpose}")
+        longest = int(np.diff(self.offsets).max())
+        slots = max(longest - 1, -(-self.n_pairs // batch_size)) * batch_size
+        if slots > budget and slots > 8 * self.n_pairs:
+            raise DataError(f"{self.source}: the longest session has {longest:,} events of {self.n_events:,}; "
+                            f"batches of {batch_size} would need {slots:,} slots for {self.n_pairs:,} pairs. "
+                            "Is the session column (-sk) right?")
 
     def item_counts(self) -> np.ndarray:
         """Number of events of each item index (its support in this data)."""
@@ -165,7 +191,7 @@ class SessionData:
         boundaries = np.flatnonzero(np.diff(sorted_sessions)) + 1
         offsets = np.concatenate(([0], boundaries, [len(order)])).astype(np.int64)
         return cls(items=np.asarray(codes, dtype=np.int64)[order], offsets=offsets, item_ids=item_ids,
-                   n_dropped=n_dropped)
+                   n_dropped=n_dropped, source=source)
 
 
 def _lookup(item_ids: pd.Index, column: pd.Series) -> np.ndarray:

@@ -13,6 +13,7 @@ from .graphs import CapturedStep
 from .model import GRU4Rec
 
 TIE_MODES = ("standard", "conservative", "median")
+EVAL_BATCH = 512  # session slots of the evaluation, as in the official code
 SCORE_BUDGET = 1 << 25  # score-matrix elements computed at once (128 MB of float32)
 
 
@@ -53,7 +54,7 @@ def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor, mode: str) -> 
 
 @torch.no_grad()
 def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), mode: str = "standard",
-             batch_size: int = 512, progress: Callable[[Iterable, str], Iterable] | None = None,
+             batch_size: int = EVAL_BATCH, progress: Callable[[Iterable, str], Iterable] | None = None,
              fixed_shapes: bool | None = None) -> EvalResult:
     """Evaluate next-item prediction on `data` (built with the model's item map), never stopping early.
 
@@ -64,6 +65,11 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
         raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
     if data.n_items != model.n_items:
         raise ValueError("evaluation data must be built with the model's item map")
+    data.check_schedule(batch_size, "predict")
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"the model's {name} holds NaN or infinite values (the training diverged); "
+                             "it cannot be evaluated")
     was_training = model.training
     model.eval()
     device = model.Wy.device
@@ -81,10 +87,14 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
     chunk = max(1, SCORE_BUDGET // model.n_items)
     fixed_shapes = device.type == "cuda" if fixed_shapes is None else fixed_shapes
 
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
     def count(rows: torch.Tensor, target: torch.Tensor, active: torch.Tensor | None) -> None:
         """Rank each row's target among all items and add the hits and reciprocal ranks per cut-off."""
         for lo in range(0, len(rows), chunk):
-            ranks = ranks_of_targets(model.score_all(rows[lo:lo + chunk]), target[lo:lo + chunk], mode)
+            scores = model.score_all(rows[lo:lo + chunk])
+            nonfinite.logical_or_(~torch.isfinite(scores.gather(1, target[lo:lo + chunk, None])).all())
+            ranks = ranks_of_targets(scores, target[lo:lo + chunk], mode)
             hit = ranks[:, None] <= cut[None, :]
             if active is not None:
                 hit &= active[lo:lo + chunk, None]
@@ -132,6 +142,8 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
         else:
             runner()
     model.train(was_training)
+    if nonfinite.item():  # a NaN score compares false with everything: it would rank first
+        raise ValueError("evaluation produced NaN or infinite scores; the model cannot be evaluated")
     n = schedule.n_pairs
     keys = [int(k) for k in cut.tolist()]
     recall = (hits / max(n, 1)).tolist()

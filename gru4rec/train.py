@@ -20,6 +20,7 @@ from .optim import IndexedAdagradM
 from .sampling import DEFAULT_STORE_SIZE, SampleStore
 
 Progress = Callable[[Iterable, str], Iterable]
+CHECK_EVERY = 64  # steps between reads of the loss sum (one host synchronisation each)
 
 
 class TrainingError(RuntimeError):
@@ -54,6 +55,7 @@ class Trainer:
                  store_size: int = DEFAULT_STORE_SIZE, cuda_graphs: bool | None = None, threads: int | None = None):
         """`threads` fixes torch's CPU thread count for training; None on the CPU times the first steps with
         one, half and all of torch's threads and keeps the fastest (see `gru4rec.cpu.ThreadChoice`)."""
+        data.check_schedule(config.batch_size, "train on")
         self.config = config
         self.data = data
         self.device = torch.device(device) if device is not None else default_device()
@@ -210,14 +212,21 @@ class Trainer:
                 self.run_step(t)
             else:
                 choice.run(lambda: self.run_step(t))
+            if t % CHECK_EVERY == CHECK_EVERY - 1:
+                self._check_loss(t)
+        self._check_loss(self.n_steps - 1)
         mean_loss = self.loss_sum.item() / max(self.n_pairs, 1)
         seconds = time.perf_counter() - start
         self.epoch += 1
-        if not np.isfinite(mean_loss):
-            raise TrainingError(f"the loss became {mean_loss} in epoch {self.epoch}; "
-                                "try a lower learning_rate or a different loss setting")
         return EpochInfo(epoch=self.epoch, loss=mean_loss, seconds=seconds,
                          events_per_s=self.n_pairs / seconds, minibatches_per_s=self.n_steps / seconds)
+
+    def _check_loss(self, t: int) -> None:
+        """Stop on a NaN or infinite loss; the running sum carries it, so reading it now and then is enough."""
+        total = self.loss_sum.item()
+        if not np.isfinite(total):
+            raise TrainingError(f"the loss became {total} by step {t + 1} of epoch {self.epoch + 1}; "
+                                "try a lower learning_rate or a different loss setting")
 
     def fit(self, n_epochs: int | None = None, callback: Callable[[EpochInfo], None] | None = None,
             valid: SessionData | None = None, cutoffs: Sequence[int] = (20,), mode: str = "standard",

@@ -13,6 +13,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from gru4rec import Config, ConfigError, Trainer, TrainingError, evaluate, format_param_file, parse_param_string
+from gru4rec.evaluate import EVAL_BATCH
 from gru4rec.files import atomic_path
 from gru4rec.options import (UsageError, add_data_options, add_training_options, check_cutoffs,
                              check_training_options, check_writable, load_events, report, resolve_device,
@@ -48,6 +49,7 @@ def cmd_paropt(args: argparse.Namespace) -> int:
     print(f"Loading training data from {args.path} and test data from {args.test_path}")
     train = load_events(args, args.path)
     test = load_events(args, args.test_path, train.item_ids)
+    test.check_schedule(EVAL_BATCH, "predict")
 
     def objective(trial: optuna.Trial) -> float:
         params = {**fixed, **{name: suggest(trial, name, dist) for name, dist in space.items()}}

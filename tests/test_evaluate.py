@@ -68,3 +68,19 @@ def test_evaluation_never_stops_early_even_without_sampling():
     df = pd.DataFrame({"SessionId": [1, 1, 1, 1, 2, 2], "ItemId": [0, 1, 2, 3, 4, 0], "Time": range(6)})
     data = SessionData.from_frame(df, item_ids=pd.Index(range(5)))
     assert evaluate(model, data, batch_size=2).n == 4
+
+
+@pytest.mark.parametrize("mode", ["standard", "conservative", "median"])
+def test_a_model_with_nan_weights_is_an_error_in_every_tie_mode(mode):
+    data = SessionData.from_frame(pd.DataFrame({"SessionId": [1, 1, 1, 2, 2], "ItemId": [1, 2, 3, 2, 3],
+                                                "Time": [1, 2, 3, 4, 5]}))
+    model = GRU4Rec(Config(layers=[4]), data.n_items)
+    with torch.no_grad():
+        model.Wy[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="the model's Wy holds NaN or infinite values"):
+        evaluate(model, data, cutoffs=[1, 20], mode=mode)
+    with torch.no_grad():  # finite weights whose scores overflow to infinity
+        model.Wy[1, 0] = 3e38
+        model.Wy[2:, :] = 3e38
+    with pytest.raises(ValueError, match="NaN or infinite scores"):
+        evaluate(model, data, cutoffs=[1, 20], mode=mode)

@@ -72,11 +72,15 @@ def test_model_learns_beyond_popularity(splits):
     assert recall > 1.3 * pop_hits
 
 
-def test_nan_loss_stops_with_a_clear_error(splits):
+def test_nan_loss_stops_within_a_few_steps_with_a_clear_error(splits):
     train, _ = splits
     trainer = Trainer(Config(layers=[8], batch_size=8, n_sample=8, learning_rate=1e30, loss="bpr-max"), train, device="cpu")
-    with pytest.raises(TrainingError, match="the loss became nan in epoch 1"):
+    steps = []
+    original = trainer.run_step
+    trainer.run_step = lambda t: steps.append(t) or original(t)
+    with pytest.raises(TrainingError, match=r"the loss became nan by step (\d+) of epoch 1") as info:
         trainer.fit(1)
+    assert trainer.n_steps > 200 and len(steps) <= 64  # noticed at the first check, not at the end of the epoch
 
 
 # --- An independent, straightforward implementation: the original's shrinking batches, dense autograd
