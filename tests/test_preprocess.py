@@ -493,7 +493,21 @@ def test_failed_write_leaves_no_partial_output(tmp_path, monkeypatch):
     monkeypatch.setattr(pp, "_write_table", failing)
     with pytest.raises(OSError, match="disk full"):
         pp.write_splits(splits, tmp_path / "out", "tsv", {})
-    assert list((tmp_path / "out").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no output folder, no staging folder left
+
+
+def test_a_new_output_replaces_the_old_one_whole_and_other_files_are_not_swept_away(tmp_path):
+    old = {name: pd.DataFrame({"SessionId": [1, 1], "ItemId": [2, 3], "Time": [0, 1]}) for name in pp.SPLITS}
+    new = {name: frame.assign(ItemId=[7, 8]) for name, frame in old.items()}
+    pp.write_splits(old, tmp_path / "out", "tsv", {"version": 1})
+    pp.write_splits(new, tmp_path / "out", "tsv", {"version": 2})
+    for name in pp.SPLITS:
+        assert pd.read_csv(tmp_path / "out" / f"{name}.tsv", sep="\t")["ItemId"].tolist() == [7, 8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds other files \\(notes.txt\\)"):
+        pp.write_splits(old, tmp_path / "out", "tsv", {})
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
 def test_cli_help_options_and_errors(tmp_path, capsys):

@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..files import atomic_directory
+
 COLUMNS = ("SessionId", "ItemId", "Time")
 SPLITS = ("train_full", "test", "train_tr", "train_valid")
 FORMATS = ("tsv", "parquet")
@@ -635,28 +637,17 @@ def _write_table(data: pd.DataFrame, path: Path, fmt: str) -> None:
 
 
 def write_splits(splits: dict[str, pd.DataFrame], out_dir: PathLike, fmt: str, stats: dict) -> list[Path]:
-    """Write every split and stats.json under temporary names, renamed only once all are complete.
+    """Write every split and stats.json into a staging folder that then replaces OUT_DIR as a whole.
 
-    A failure part-way removes the temporary files, so OUT_DIR never holds a half-written output.
+    A failure part-way, or a crash, never leaves a half-written output or old and new splits mixed.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pending: list[tuple[Path, Path]] = []
-    try:
+    names = [f"{name}.{fmt}" for name in splits] + ["stats.json"]
+    with atomic_directory(out, names) as staging:
         for name, data in splits.items():
-            final = out / f"{name}.{fmt}"
-            pending.append((out / f".{final.name}.{os.getpid()}.tmp", final))
-            _write_table(data, pending[-1][0], fmt)
-        final = out / "stats.json"
-        pending.append((out / f".stats.json.{os.getpid()}.tmp", final))
-        pending[-1][0].write_text(json.dumps(stats, indent=2) + "\n")
-    except BaseException:
-        for temporary, _ in pending:
-            temporary.unlink(missing_ok=True)
-        raise
-    for temporary, final in pending:
-        os.replace(temporary, final)
-    return [final for _, final in pending]
+            _write_table(data, staging / f"{name}.{fmt}", fmt)
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return [out / name for name in names]
 
 
 READERS: dict[str, Callable[..., pd.DataFrame]] = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_path
+from ..files import atomic_directory
 
 DAY = 86400.0
 
@@ -94,13 +94,10 @@ def split_by_time(events: pd.DataFrame, days: float) -> tuple[pd.DataFrame, pd.D
 def write_splits(out_dir: str | os.PathLike, spec: SyntheticSpec, test_days: float = 1.0) -> dict[str, Path]:
     """Write train_full/test and train_tr/train_valid TSV files (the same time split applied twice)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train_full, test = split_by_time(generate_sessions(spec), test_days)
     train_tr, train_valid = split_by_time(train_full, test_days)
-    paths = {}
-    for name, frame in [("train_full", train_full), ("test", test), ("train_tr", train_tr),
-                        ("train_valid", train_valid)]:
-        paths[name] = out / f"{name}.tsv"
-        with atomic_path(paths[name]) as tmp:
-            frame.to_csv(tmp, sep="\t", index=False)
-    return paths
+    frames = {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": train_valid}
+    with atomic_directory(out, [f"{name}.tsv" for name in frames]) as staging:
+        for name, frame in frames.items():
+            frame.to_csv(staging / f"{name}.tsv", sep="\t", index=False)
+    return {name: out / f"{name}.tsv" for name in frames}
