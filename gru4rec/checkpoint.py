@@ -76,6 +76,33 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), item_ids
 
 
+def training_state_bytes(config: Config, n_items: int) -> int:
+    """The size of a saved training state (float32 parameters, Adagrad accumulators, momenta), within a few KB.
+
+    What a search needs to bound its disk use before any trial has run.
+    """
+    layers = config.layers
+    rows = n_items + 1
+    tables = rows * layers[-1] + rows  # Wy, By
+    inputs = layers[-1]
+    if config.embedding_mode == "separate":
+        tables += rows * config.embedding
+        inputs = config.embedding
+    elif config.embedding_mode == "none":
+        tables += rows * 3 * layers[0]
+    dense = 0
+    first = 0
+    if config.embedding_mode == "none":
+        h = layers[0]
+        dense += 3 * h * h + 3 * h
+        inputs, first = h, 1
+    for h in layers[first:]:
+        dense += 3 * h * (inputs + h) + 6 * h
+        inputs = h
+    copies = 3 if config.momentum > 0 else 2
+    return 4 * copies * (tables + dense) + (16 << 10)  # + two generator states and the file header
+
+
 def save_training_state(path: str | os.PathLike, state: dict) -> None:
     """Save a `Trainer.state_dict()` so that training can continue exactly where it stopped."""
     tensors = {f"model.{k}": v for k, v in state["model"].items()}

@@ -1,6 +1,7 @@
 """The training loop: session-parallel steps, epoch by epoch, with a per-epoch callback and resumable state."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -250,8 +251,20 @@ class Trainer:
                 "store": self.store.state_dict(), "generator": self.generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved state; one saved on another kind of device continues with a derived seed.
+
+        CPU and CUDA generators have states of different kinds, so a state taken on one cannot drive
+        the other: the random streams (samples, dropout) are then reseeded from the saved state, and
+        the sample store is refilled; model, optimiser and epoch continue exactly.
+        """
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.store.load_state_dict(state["store"])
         self.epoch = int(state["epoch"])
+        saved = state["generator"]
+        if saved.shape == self.generator.get_state().shape:
+            self.generator.set_state(saved)
+            self.store.load_state_dict(state["store"])
+            return
+        digest = hashlib.sha256(saved.cpu().numpy().tobytes()).digest()
+        self.generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        self.store.load_state_dict({"fill_state": None, "ptr": 0})

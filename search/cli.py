@@ -16,12 +16,14 @@ import ray
 
 from gru4rec import ConfigError, DataError
 
+from .cluster import Resources, connect_ray, plan_resources
 from .finalize import export, finalize
+from .ledger import Outcome, best
+from .settings import (DEFAULT_STORAGE, NAME_PATTERN, SETTINGS_FILE, DriverLock, SearchError, SearchSettings, Store,
+                       is_uri, resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
                      read_space_text)
-from .study import (DEFAULT_STORAGE, SETTINGS_FILE, Resources, SearchData, SearchError, SearchSettings, Store,
-                    connect_ray, data_paths_exist, load_settings, new_search_store, optuna_storage, plan_resources,
-                    run_study, study_progress)
+from .study import SearchData, checkpoint_bound, optuna_storage, run_study, study_progress
 
 PROG = "gru4rec-search"
 USER_ERRORS = (SearchError, SpaceError, ConfigError, DataError)
@@ -61,63 +63,123 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         epochs=args.epochs, storage=args.storage, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, max_failures=args.max_failures, optuna_storage=args.optuna_storage,
-        optuna_study=args.optuna_study)
+        optuna_study=args.optuna_study or args.name, allow_pickle=args.allow_pickle, top_k=args.top_k,
+        seeds=args.seeds)
     settings.validate()
+    settings.make_paths_absolute()
+    if not is_uri(settings.storage):
+        settings.storage = resolve_storage(settings.storage)
     return settings
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise SearchError(f"search name {name!r}: use letters, digits, '_', '.' and '-' only")
+
+
+def load_settings(name: str, storage: str) -> tuple[SearchSettings, Store]:
+    """The settings of an existing search, with a one-line error if there is none.
+
+    The folder is the search: its name and storage root are where it is now, whatever search.json says
+    (a copied or renamed folder is read and written where it is).
+    """
+    check_name(name)
+    store = Store(f"{resolve_storage(storage)}/{name}")
+    text = store.read_text(SETTINGS_FILE)
+    if text is None:
+        raise SearchError(f"no search {name!r} in {resolve_storage(storage)} (no {SETTINGS_FILE}); "
+                          "pass the --storage it was started with")
+    settings = SearchSettings.from_json(text, store.path(SETTINGS_FILE))
+    settings.name = name
+    settings.storage = storage if is_uri(storage) else resolve_storage(storage)
+    return settings, store
+
+
+def new_search_store(settings: SearchSettings) -> Store:
+    """The store of a new search: refuses an existing search of that name and checks the storage is writable."""
+    store = Store(settings.search_uri)
+    if store.exists(SETTINGS_FILE):
+        raise SearchError(f"search {settings.name!r} already exists in {resolve_storage(settings.storage)}; "
+                          f"continue it with: gru4rec-search resume {settings.name}, or choose another --name")
+    store.check_writable()
+    return store
 
 
 def prepare(settings: SearchSettings) -> SearchData:
     """Every check that can fail on user input, before Ray starts: data files, their contents, Optuna storage."""
-    data_paths_exist(settings)
-    data = SearchData.load(settings)
-    optuna_storage(settings.optuna_storage)
-    return data
+    settings.check_data()
+    return SearchData.load(settings)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Start a new search: check everything, then run its studies and finalize."""
+    """Start a new search: check everything, write search.json, then run its studies and finalize."""
     settings = settings_from_args(args)
     data = prepare(settings)
     store = new_search_store(settings)
-    return execute(settings, store, data, args, new=True)
+    settings.take_fingerprints()
+    lock = DriverLock(store)
+    lock.acquire()
+    try:
+        store.write(SETTINGS_FILE, settings.to_json())
+        return execute(settings, store, data, args, new=True)
+    finally:
+        lock.release()
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Continue a search from its saved settings and Tune experiments."""
+    """Continue a search from its saved settings, Tune experiments and Optuna studies."""
     settings, store = load_settings(args.name, args.storage)
-    settings.validate()
-    data = prepare(settings)
-    return execute(settings, store, data, args)
+    lock = DriverLock(store)
+    lock.acquire()
+    try:
+        data = prepare(settings)
+        return execute(settings, store, data, args)
+    finally:
+        lock.release()
 
 
 def execute(settings: SearchSettings, store: Store, data: SearchData, args: argparse.Namespace,
             new: bool = False) -> int:
     """Run every unfinished study, then finalize; Ray is shut down however this ends.
 
-    A new search's settings are saved once Ray is up and the resources fit, just before the first trial.
+    A new search's trial resources are resolved once Ray is up and saved, so a resume reuses them.
     """
     remote = bool(args.address or os.environ.get("RAY_ADDRESS"))
-    if remote and "://" not in settings.storage:
+    if remote and not is_uri(settings.storage):
         print(f"note: on several nodes --storage must be shared (NFS or s3://...); it is {settings.storage}")
+    optuna_storage(settings, store)  # a bad --optuna-storage fails here, before Ray starts
     dashboard = connect_ray(args.address, args.local_cpus, not args.no_dashboard, args.quiet)
     try:
-        resources = plan_resources(settings, ray.cluster_resources(), remote)
+        try:
+            resources = plan_resources(settings, ray.cluster_resources(), remote)
+        except SearchError:
+            if new:  # nothing has run: the search was never started
+                store.delete(SETTINGS_FILE)
+            raise
+        plans = settings.plans()
         if new:
+            settings.gpus_per_trial, settings.max_concurrent = resources.gpus, resources.max_concurrent
+            settings.disk_bound = max(checkpoint_bound(settings, plan, data.train.n_items, resources) for plan in plans)
             store.write(SETTINGS_FILE, settings.to_json())
-        print(f"search {settings.name}: {len(settings.plans())} studies x {settings.trials} trials x "
+        print(f"search {settings.name}: {len(plans)} studies x {settings.trials} trials x "
               f"{settings.epochs} epochs, {resources.max_concurrent} trials at once, "
               f"{resources.cpus:g} CPU / {resources.gpus:g} GPU each")
         print(f"results: {settings.search_uri}   TensorBoard: tensorboard --logdir {settings.search_uri}")
+        print(f"disk: checkpoints of a study stay below {settings.disk_bound / 2**20:,.1f} MB "
+              f"(2 per running trial + 1; an ended trial keeps its metrics only)")
         if dashboard:
             print(f"Ray dashboard: {dashboard}")
-        for index, plan in enumerate(settings.plans()):
+        refs = data.put()
+        for index, plan in enumerate(plans):
             if study_progress(settings, plan).finished(settings.trials):
                 print(f"study {plan.name}: already finished")
                 continue
             print(f"study {plan.name}: searching {', '.join(plan.space)}")
-            run_study(settings, plan, index, data, resources, verbose=0 if args.quiet else 1)
-        print("retraining the best config of each study on train_full and testing it")
-        finalize(settings, store, data.train_full, data.test, resources)
+            run_study(settings, store, plan, index, refs, resources, verbose=0 if args.quiet else 1,
+                      retry_failed=getattr(args, "retry_failed", False))
+        print("selecting and retraining the best configs of each study, then testing them")
+        finalize(settings, store, refs, resources)
+        del refs
     finally:
         ray.shutdown()
     print_outputs(settings, store)
@@ -127,40 +189,58 @@ def execute(settings: SearchSettings, store: Store, data: SearchData, args: argp
 def print_outputs(settings: SearchSettings, store: Store) -> None:
     """The results table and where the exported files are."""
     print()
-    print(store.read_text("results.md"), end="")
+    print(store.read_text("results.md") or "", end="")
     print(f"\nfiles in {settings.search_uri}/:")
     print("  <study>_best.py         best config per study (official paramfile: gru4rec run TRAIN -pf FILE)")
     print("  <study>_best.model      that config retrained on train_full")
     print("  results.csv, results.md the table above")
     print("  <study>_history.png, <study>_importance.png   optimisation history and parameter importance")
-    print("  <study>/                Tune experiment: trials, checkpoints, TensorBoard logs")
+    print("  <study>/                Tune experiment: trials, their metrics, TensorBoard logs")
+    print("  optuna.journal          the Optuna studies (optuna-dashboard can open it)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print each study's progress and best config so far (reads the saved state only)."""
+    """Print each study's progress, best config so far and disk use (reads the saved state only)."""
     settings, store = load_settings(args.name, args.storage)
     print(f"search {settings.name} in {settings.search_uri}: {settings.trials} trials x {settings.epochs} epochs "
-          "per study")
-    header = f"{'study':<16} {'trials':>9} {'running':>8} {'stopped':>8} {'failed':>7} {'best MRR@20':>12}  best config"
+          f"per study, {settings.max_concurrent or '?'} at once")
+    holder = store.read_text("driver.lock")
+    if holder:
+        print(f"driver: {holder.strip()}")
+    header = (f"{'study':<16} {'ended':>9} {'running':>8} {'stopped':>8} {'diverged':>9} {'failed':>7} "
+              f"{'best MRR@20':>12} {'disk MB':>8} {'bound MB':>9}  best config")
     print(header)
     for plan in settings.plans():
         p = study_progress(settings, plan)
         if not p.started:
             print(f"{plan.name:<16} {'not started':>9}")
             continue
+        top = best(p.records)
         done = "finalized" if store.exists(f"{plan.name}_result.json") else ""
-        best = f"{p.best_mrr:.4f}" if p.best_mrr is not None else "-"
-        config = ",".join(f"{k}={v}" for k, v in p.best_params.items())
-        print(f"{plan.name:<16} {f'{p.trials - p.unfinished}/{settings.trials}':>9} {p.unfinished:>8} "
-              f"{p.stopped_early:>8} {p.failed:>7} {best:>12}  {config} {done}".rstrip())
+        score = f"{top.final_mrr:.4f}" if top and top.final_mrr is not None else "-"
+        config = ",".join(f"{k}={tidy_value(v)}" for k, v in (top.params if top else {}).items())
+        bound = f"{settings.disk_bound / 2**20:.1f}" if settings.disk_bound else "-"
+        t = p.tally
+        print(f"{plan.name:<16} {f'{p.ended}/{settings.trials}':>9} {t[Outcome.RUNNING]:>8} {t[Outcome.STOPPED]:>8} "
+              f"{t[Outcome.DIVERGED]:>9} {t[Outcome.FAILED]:>7} {score:>12} "
+              f"{store.size(plan.name) / 2**20:>8.1f} {bound:>9}  {config} {done}".rstrip())
     return 0
+
+
+def tidy_value(value) -> str:
+    return f"{value:.10g}" if isinstance(value, float) else str(value)
+
+
+def saved_resources(settings: SearchSettings) -> Resources:
+    """The trial resources the search was started with (saved in search.json)."""
+    return Resources(cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial or 0.0,
+                     max_concurrent=settings.max_concurrent or 1)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Rewrite paramfiles, tables and plots from the saved results, without Ray or training."""
     settings, store = load_settings(args.name, args.storage)
-    export(settings, store, Resources(cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial or 0.0,
-                                      max_concurrent=1))
+    export(settings, store, saved_resources(settings))
     print_outputs(settings, store)
     return 0
 
@@ -180,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="start a search: one study per loss x embedding mode")
     for option in ("--train", "--valid", "--train-full", "--test"):
-        run.add_argument(option, required=True, help=f"the {option[2:]} split (TSV, CSV, Parquet or pickle)")
+        run.add_argument(option, required=True, help=f"the {option[2:]} split (TSV, CSV, Parquet; pickle with "
+                                                     "--allow-pickle)")
     run.add_argument("--name", required=True, help="name of the search (a folder under --storage)")
     run.add_argument("--losses", default="xe,bpr-max", help="comma-separated: xe, bpr-max (default: both)")
     run.add_argument("--modes", default="none,separate,shared", help="embedding modes (default: all three)")
@@ -196,19 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker dies")
     run.add_argument("--storage", default=DEFAULT_STORAGE,
                      help=f"results root: path or URI (default: {DEFAULT_STORAGE})")
-    run.add_argument("--optuna-storage", help="Optuna RDB for the studies, e.g. sqlite:///studies.db")
+    run.add_argument("--optuna-storage", help="an Optuna RDB for the studies, e.g. postgresql://... (default: the "
+                                              "journal file optuna.journal in the search folder)")
     run.add_argument("--optuna-study", help="prefix of the Optuna study names (default: --name); reuse one to extend")
     run.add_argument("--seed", type=int, default=0, help="seed of the TPE samplers (default: 0)")
+    run.add_argument("--top-k", type=int, default=3,
+                     help="best configs of each study trained again with several seeds to pick one (default: 3)")
+    run.add_argument("--seeds", type=int, default=3, help="seeds of each of those trainings (default: 3)")
+    run.add_argument("--allow-pickle", action="store_true",
+                     help="allow .pickle/.pkl splits (unpickling runs code from the file: only files you trust)")
     _ray_options(run)
     run.set_defaults(func=cmd_run)
 
-    resume = commands.add_parser("resume", help="continue a search after a crash; no finished trial is rerun")
+    resume = commands.add_parser("resume", help="continue a search after a stop; no ended trial is run again")
     resume.add_argument("name")
     resume.add_argument("--storage", default=DEFAULT_STORAGE)
+    resume.add_argument("--retry-failed", action="store_true",
+                        help="also run failed trials again, from scratch (default: they stay failed)")
     _ray_options(resume)
     resume.set_defaults(func=cmd_resume)
 
-    for command, func, text in (("status", cmd_status, "progress of every study and the best config so far"),
+    for command, func, text in (("status", cmd_status, "progress of every study, best config so far, disk use"),
                                 ("export", cmd_export, "re-export paramfiles, tables and plots (no retraining)")):
         sub = commands.add_parser(command, help=text)
         sub.add_argument("name")

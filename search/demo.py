@@ -1,8 +1,9 @@
 """`make demo`: a small real search end to end on generated data, in a few minutes on 2 cores.
 
 Two studies (cross-entropy and BPR-max, shared embedding) x 6 trials x 3 epochs on a local Ray, ASHA stopping
-poor trials after each epoch, then the retrain of each best config on train_full, the test evaluation and the
-exports, all through the same `gru4rec-search run` as a real search.
+poor trials after each epoch, then the choice between each study's two best configs over two seeds, the retrain of
+the winner on train_full, the test evaluation and the exports, all through the same `gru4rec-search run` as a real
+search.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def main() -> int:
         "--train-full", str(splits["train_full"]), "--test", str(splits["test"]), "--name", NAME,
         "--losses", "xe,bpr-max", "--modes", "shared", "--trials", "6", "--epochs", "3", "--space", str(space),
         "--fixed", "n_sample=256", "--grace-period", "1", "--reduction-factor", "2", "--storage", str(storage),
-        "--no-dashboard", "--quiet"])
+        "--top-k", "2", "--seeds", "2", "--no-dashboard", "--quiet"])
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; try: gru4rec-search status {NAME} "
           f"--storage {storage}")
     return status

@@ -5,7 +5,10 @@ after a driver crash or retry it after a worker failure from its last finished e
 """
 from __future__ import annotations
 
+import json
+import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +21,9 @@ from ray.util.metrics import Gauge
 from gru4rec import Config, EpochInfo, SessionData, Trainer, TrainingError
 from gru4rec.checkpoint import load_training_state, save_training_state
 
-METRIC = "mrr@20"
-RECALL = "recall@20"
+from .ledger import METRIC, METRICS_FILE, RECALL, read_results
+from .tune_ext import trial_storage
+
 MODE = "max"
 TIE_MODE = "standard"  # for validation in trials and for the test evaluation of the retrained model
 STATE_FILE = "training_state.safetensors"
@@ -53,12 +57,29 @@ def _gauge(name: str, description: str) -> Gauge:
     return _gauges[name]
 
 
-def run_trial(params: dict[str, Any], setup: TrialSetup, train: SessionData, valid: SessionData) -> None:
+_data: dict[str, SessionData] = {}
+
+
+def shared_data(refs: dict[str, ray.ObjectRef]) -> dict[str, SessionData]:
+    """The splits from the object store, fetched once per worker process (actors are reused across trials)."""
+    for name, ref in refs.items():
+        key = f"{name}:{ref.hex()}"
+        if key not in _data:
+            _data[key] = ray.get(ref)
+    return {name: _data[f"{name}:{ref.hex()}"] for name, ref in refs.items()}
+
+
+def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.ObjectRef]) -> None:
     """Train one sampled config epoch by epoch, resuming from Tune's checkpoint if there is one."""
     config = trial_config(setup, params)
-    # One torch thread per CPU of the trial: oversubscribed OpenMP threads spin and slow every trial down.
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    trainer = Trainer(config, train, device=device_for_task())
+    splits = shared_data(data)
+    train, valid = splits["train"], splits["valid"]
+    # Torch threads within the trial's CPUs: oversubscribed OpenMP threads spin and slow every trial down.
+    # With several CPUs the trainer times 1, half and all of them on its first steps and keeps the fastest.
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(cpus)
+    device = device_for_task()
+    trainer = Trainer(config, train, device=device, threads=1 if cpus == 1 else None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -67,24 +88,50 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, train: SessionData, val
     mrr_gauge = _gauge("gru4rec_trial_mrr_at_20", "validation MRR@20 of a trial, set after every epoch")
     recall_gauge = _gauge("gru4rec_trial_recall_at_20", "validation Recall@20 of a trial, set after every epoch")
 
+    fs, folder = trial_storage()
+    history = [r for r in read_results(fs, f"{folder}/{METRICS_FILE}") if r["epoch"] <= trainer.epoch]
+    clock = [time.perf_counter()]
+
+    def record(entry: dict[str, Any]) -> None:
+        """The epoch's line in the trial's metrics file, durable in the storage before Tune hears of it."""
+        now = time.perf_counter()
+        spent = (history[-1]["time_total_s"] if history else 0.0) + now - clock[0]
+        clock[0] = now
+        entry = {**entry, "training_iteration": entry["epoch"], "device": device, "time_total_s": spent}
+        history.append(entry)
+        write_file(fs, f"{folder}/{METRICS_FILE}", "".join(json.dumps(r) + "\n" for r in history))
+
     def report(info: EpochInfo) -> None:
         metrics = info.metrics
         mrr_gauge.set(metrics.mrr[20], tags=tags)
         recall_gauge.set(metrics.recall[20], tags=tags)
         result = {METRIC: metrics.mrr[20], RECALL: metrics.recall[20], "epoch": info.epoch, "loss": info.loss,
                   "epoch_seconds": info.seconds, "events_per_s": info.events_per_s, "diverged": 0}
+        record(result)
         with tempfile.TemporaryDirectory(prefix="gru4rec-trial-") as directory:
             save_training_state(Path(directory) / STATE_FILE, trainer.state_dict())
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**result, "device": device}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
         trainer.fit(config.n_epochs, callback=report, valid=valid, cutoffs=(20,), mode=TIE_MODE)
     except TrainingError:
         # A diverged config is a bad config, not a broken worker: score it 0 so TPE learns to avoid it.
-        tune.report({METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch, "diverged": 1})
+        result = {METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch + 1, "diverged": 1}
+        record(result)
+        tune.report({**result, "device": device})
 
 
-def make_trainable(setup: TrialSetup, train: SessionData, valid: SessionData,
-                   resources: dict[str, float]) -> Callable:
-    """The Tune trainable of a study: data in the object store once, resources per trial as asked."""
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup, train=train, valid=valid), resources)
+def write_file(fs, path: str, text: str) -> None:
+    """Write through a temporary and rename (local, NFS or object storage alike)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode())
+    fs.move(tmp, path)
+
+
+def make_trainable(setup: TrialSetup, data: dict[str, ray.ObjectRef], resources: dict[str, float]) -> Callable:
+    """The Tune trainable of a study: the splits put in the object store once per search, resources as asked."""
+    def gru4rec_trial(params: dict[str, Any]) -> None:
+        run_trial(params, setup, data)
+
+    return tune.with_resources(gru4rec_trial, resources)

@@ -13,10 +13,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from gru4rec import Config, read_param_file
-from search.finalize import StudyResult, exported_config, markdown_table, paramfile_text
+from search.cluster import plan_resources
+from search.finalize import StudyResult, exported_config, markdown_table, paramfile_text, summary
+from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
-from search.study import (PrunedAwareOptunaSearch, ResumableASHA, SearchError, SearchSettings, Store,
-                          plan_resources, resolve_storage)
+from search.tune_ext import DurableOptunaSearch, ResumableASHA
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
 
@@ -40,8 +41,8 @@ def run_trials(searcher: OptunaSearch) -> list:
 
 
 def test_stopped_trials_are_pruned_with_their_last_value():
-    searcher = PrunedAwareOptunaSearch(SPACE, metric="mrr@20", mode="max",
-                                       sampler=optuna.samplers.TPESampler(seed=0), n_epochs=3)
+    searcher = DurableOptunaSearch(SPACE, metric="mrr@20", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+                                   n_epochs=3, experiment="xe_shared")
     a, b, c, d = run_trials(searcher)
     assert (a.state, a.value, a.intermediate_values) == (TrialState.COMPLETE, 0.30, {1: 0.10, 2: 0.20, 3: 0.30})
     assert (b.state, b.value, b.intermediate_values) == (TrialState.PRUNED, 0.05, {1: 0.05})
@@ -58,7 +59,7 @@ def test_ray_optuna_search_alone_would_record_them_as_complete():
 
 
 def test_repeated_completion_and_already_reported_step_are_harmless():
-    searcher = PrunedAwareOptunaSearch(SPACE, metric="mrr@20", mode="max", n_epochs=3)
+    searcher = DurableOptunaSearch(SPACE, metric="mrr@20", mode="max", n_epochs=3, experiment="xe_shared")
     searcher.suggest("a")
     searcher.on_trial_result("a", epoch_result(1, 0.1))
     searcher.on_trial_complete("a", epoch_result(1, 0.1))  # Tune's stop_trial path passes the last seen result
@@ -68,10 +69,10 @@ def test_repeated_completion_and_already_reported_step_are_harmless():
 
 
 def test_searcher_state_survives_save_and_restore(tmp_path):
-    searcher = PrunedAwareOptunaSearch(SPACE, metric="mrr@20", mode="max", n_epochs=3)
+    searcher = DurableOptunaSearch(SPACE, metric="mrr@20", mode="max", n_epochs=3, experiment="xe_shared")
     searcher.suggest("a")
     searcher.save(str(tmp_path / "state.pkl"))
-    restored = PrunedAwareOptunaSearch(SPACE, metric="mrr@20", mode="max", n_epochs=99)
+    restored = DurableOptunaSearch(SPACE, metric="mrr@20", mode="max", n_epochs=99, experiment="xe_shared")
     restored.restore(str(tmp_path / "state.pkl"))
     restored.on_trial_complete("a", epoch_result(2, 0.2))
     assert restored._ot_study.trials[0].state == TrialState.PRUNED
@@ -149,24 +150,27 @@ def test_exported_paramfile_is_official_and_reads_back_to_the_same_config(tmp_pa
 
 def test_results_row_and_markdown():
     result = StudyResult(study="xe_shared", loss="cross-entropy", mode="shared", params={"layers": 64, "momentum": 0.1},
-                         config={}, trial_id="t", valid_mrr=0.3, valid_recall=0.6, trials_run=6, trials_stopped=2,
-                         trials_failed=0, trial_hours=0.01, gpu_hours=0.0, test={"Recall@20": 0.7, "MRR@20": 0.35})
+                         config={}, trial_id="t", valid_mrr=0.3, valid_mrr_seeds=0.31, runner_up_margin=0.004,
+                         trials={"complete": 4, "stopped early": 2, "diverged": 0, "failed": 0, "running": 0},
+                         trial_hours=0.01, gpu_hours=0.0, seeds=[42, 43], test={"Recall@20": 0.7, "MRR@20": 0.35},
+                         test_sd={"Recall@20": 0.01, "MRR@20": 0.02})
     row = result.row()
     assert row["config"] == "layers=64,momentum=0.1" and row["test MRR@20"] == 0.35 and row["test MRR@1"] is None
-    table = pd.DataFrame([row, {"study": "bprmax_none", "config": "(no trial finished)"}])
-    text = markdown_table(table)
-    assert text.splitlines()[0].startswith("| study | config | valid MRR@20 |")
-    assert "| xe_shared | layers=64,momentum=0.1 | 0.3000 | 0.6000 |" in text
-    assert "| bprmax_none | (no trial finished) |" in text
-    assert json.loads(json.dumps(row))["trials run"] == 6
+    table = pd.DataFrame([row, {"study": "bprmax_none", "config": "(not finalized)"}])
+    text = markdown_table(summary(table))
+    assert text.splitlines()[0].startswith("| study | config | valid MRR@20 (trial) | valid MRR@20 (mean of 2 seeds) |")
+    assert "| xe_shared | layers=64,momentum=0.1 | 0.3000 | 0.3100 | 0.0040 | 0.7000 ± 0.0100 | 0.3500 ± 0.0200 | " \
+           "4/2/0/0 |" in text
+    assert "| bprmax_none | (not finalized) |" in text
+    assert json.loads(json.dumps(row))["trials complete"] == 4
 
 
 def fake_trial(tmp_path, trial_id: str, history: list[float]):
-    """What ResumableASHA reads of a restored Tune trial: its id, whether it reported, and result.json."""
+    """What ResumableASHA reads of a restored Tune trial: its id, whether it reported, and metrics.jsonl."""
     folder = tmp_path / trial_id
     folder.mkdir()
     rows = [{"mrr@20": v, "training_iteration": i} for i, v in enumerate(history, 1)]
-    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(folder))
     return SimpleNamespace(trial_id=trial_id, has_reported_at_least_once=bool(rows), storage=storage)
 
@@ -181,3 +185,87 @@ def test_asha_rungs_survive_a_resume(tmp_path, resumable, decision):
     new = fake_trial(tmp_path, "new", [])
     scheduler.on_trial_add(None, new)
     assert scheduler.on_trial_result(None, new, {"training_iteration": 1, "mrr@20": 0.1}) == decision
+
+
+def journal(path):
+    from optuna.storages.journal import JournalFileBackend
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def durable(path, n_epochs=3):
+    return DurableOptunaSearch(SPACE, metric="mrr@20", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+                               study_name="s/xe_shared", storage=journal(path), n_epochs=n_epochs,
+                               experiment="xe_shared")
+
+
+def test_a_trial_ended_after_the_last_snapshot_is_never_told_again(tmp_path):
+    first = durable(tmp_path / "optuna.journal")
+    first.suggest("a")
+    first.on_trial_result("a", epoch_result(1, 0.1))
+    first.save(str(tmp_path / "state.pkl"))  # Tune's snapshot: trial a still running
+    first.on_trial_complete("a", epoch_result(3, 0.3))  # then Optuna records its end; then the driver dies
+    resumed = durable(tmp_path / "optuna.journal")
+    resumed.restore(str(tmp_path / "state.pkl"))
+    resumed.on_trial_result("a", epoch_result(2, 0.25))  # Tune replays the trial: no UpdateFinishedTrialError
+    resumed.on_trial_complete("a", epoch_result(3, 0.28))
+    (trial,) = optuna.load_study(study_name="s/xe_shared", storage=journal(tmp_path / "optuna.journal")).trials
+    assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.COMPLETE, 0.3, {1: 0.1, 3: 0.3})
+
+
+def test_trials_asked_after_the_last_snapshot_are_failed_on_resume(tmp_path):
+    first = durable(tmp_path / "optuna.journal")
+    first.suggest("a")
+    first.save(str(tmp_path / "state.pkl"))
+    first.suggest("b")  # asked after the snapshot: Tune will not know it
+    resumed = durable(tmp_path / "optuna.journal")
+    resumed.restore(str(tmp_path / "state.pkl"))
+    a, b = optuna.load_study(study_name="s/xe_shared", storage=journal(tmp_path / "optuna.journal")).trials
+    assert a.state == TrialState.RUNNING and b.state == TrialState.FAIL and b.user_attrs["lost"]
+    resumed.on_trial_complete("a", epoch_result(1, 0.2))  # trial a goes on as usual
+    assert optuna.load_study(study_name="s/xe_shared",
+                             storage=journal(tmp_path / "optuna.journal")).trials[0].state == TrialState.PRUNED
+
+
+def test_a_copied_search_writes_to_its_own_journal(tmp_path):
+    (tmp_path / "old").mkdir()
+    first = durable(tmp_path / "old" / "optuna.journal")
+    first.suggest("a")
+    first.save(str(tmp_path / "state.pkl"))
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "optuna.journal").write_bytes((tmp_path / "old" / "optuna.journal").read_bytes())
+    before = (tmp_path / "old" / "optuna.journal").read_bytes()
+    copy = durable(tmp_path / "new" / "optuna.journal")
+    copy.restore(str(tmp_path / "state.pkl"))
+    copy.on_trial_complete("a", epoch_result(3, 0.4))
+    assert (tmp_path / "old" / "optuna.journal").read_bytes() == before
+    (trial,) = optuna.load_study(study_name="s/xe_shared", storage=journal(tmp_path / "new" / "optuna.journal")).trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.4
+
+
+def test_no_optuna_error_escapes_the_callbacks(tmp_path, monkeypatch):
+    searcher = durable(tmp_path / "optuna.journal")
+    searcher.suggest("a")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("storage unreachable")
+
+    monkeypatch.setattr(searcher._ot_study, "tell", broken)
+    monkeypatch.setattr(searcher._ot_trials["a"], "report", broken)
+    searcher.on_trial_result("a", epoch_result(1, 0.1))
+    searcher.on_trial_complete("a", epoch_result(3, 0.3))
+    monkeypatch.setattr(searcher._ot_study, "ask", broken)
+    assert searcher.suggest("b") is None
+
+
+def test_a_trial_being_asked_when_the_driver_died_is_failed_on_resume(tmp_path):
+    first = durable(tmp_path / "optuna.journal")
+    first.suggest("a")
+    first.save(str(tmp_path / "state.pkl"))
+    study = optuna.load_study(study_name="s/xe_shared", storage=journal(tmp_path / "optuna.journal"))
+    half = study.ask()  # asked, with no attributes yet, when the driver died
+    half.suggest_int("layers", 32, 64, step=32)
+    resumed = durable(tmp_path / "optuna.journal")
+    resumed.restore(str(tmp_path / "state.pkl"))
+    states = [t.state for t in optuna.load_study(study_name="s/xe_shared",
+                                                   storage=journal(tmp_path / "optuna.journal")).trials]
+    assert states == [TrialState.RUNNING, TrialState.FAIL]

@@ -247,3 +247,22 @@ def test_trainers_share_no_state(splits):
     together = losses([Trainer(c, train, device="cpu", threads=1) for c in configs])
     alone = [losses([Trainer(c, train, device="cpu", threads=1)])[0] for c in configs]
     assert together == alone
+
+
+def test_a_state_saved_on_another_device_kind_continues(splits, tmp_path):
+    """A CUDA generator state (16 bytes) cannot drive a CPU generator: training continues reseeded."""
+    train, test = splits
+    cfg = Config(layers=[16], batch_size=16, n_sample=32, momentum=0.2)
+    first = Trainer(cfg, train, device="cpu", store_size=3200)
+    first.fit(2)
+    state = first.state_dict()
+    foreign = {**state, "generator": torch.arange(16, dtype=torch.uint8),
+               "store": {"fill_state": torch.arange(16, dtype=torch.uint8), "ptr": 7}}
+    save_training_state(tmp_path / "state.safetensors", foreign)
+    resumed = Trainer(cfg, train, device="cpu", store_size=3200)
+    resumed.load_state_dict(load_training_state(tmp_path / "state.safetensors"))
+    assert resumed.epoch == 2
+    for name, p in first.model.state_dict().items():
+        assert torch.equal(p, resumed.model.state_dict()[name]), name
+    resumed.fit(3)
+    assert resumed.epoch == 3 and np.isfinite(metrics(resumed, test)[1])

@@ -1,0 +1,285 @@
+"""What the platform adds to Ray Tune, and every use of Tune's and Ray's OptunaSearch's private parts.
+
+- `DurableOptunaSearch`: OptunaSearch on a durable Optuna study (journal file or RDB) that tells Optuna
+  each trial's end once, with the state the ledger derives (complete, or pruned at the epoch it stopped),
+  rebinds to the search folder it is resumed from, reconciles with Tune on resume, and never lets an
+  Optuna exception escape a callback.
+- `ResumableASHA`: ASHA whose rungs are refilled from the restored trials' histories on resume.
+- `CheckpointJanitor`: deletes the checkpoints of trials that have ended (their metrics stay in result.json).
+- Reading and amending Tune's experiment state file (trial ids, statuses, configs).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from typing import Any
+
+import optuna
+import pyarrow.fs
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .ledger import METRICS_FILE, Outcome, classify, read_results
+
+logger = logging.getLogger(__name__)
+
+TUNE_TRIAL_ATTR = "tune_trial_id"
+EXPERIMENT_ATTR = "experiment"
+LOST_ATTR = "lost"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class DurableOptunaSearch(OptunaSearch):
+    """OptunaSearch that a crashed driver can resume without telling Optuna anything twice.
+
+    Every Optuna trial carries the Tune trial id and experiment name as user attributes, so that on
+    resume (`restore`) the study is matched with what Tune restored: trials Optuna already finished
+    are never told again, and trials Optuna has RUNNING that Tune does not know (asked after Tune's
+    last snapshot) are marked FAIL; Tune asks new ones for the budget it still has.
+    """
+
+    def __init__(self, *args: Any, n_epochs: int, experiment: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._n_epochs = n_epochs
+        self._experiment = experiment
+
+    # -- Tune callbacks; none may raise --------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | None:
+        try:
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            ot_trial.set_user_attr(EXPERIMENT_ATTR, self._experiment)
+            return config
+        except Exception as e:  # noqa: BLE001 (a storage error: Tune asks again later)
+            logger.warning("Optuna could not suggest a config for trial %s: %s", trial_id, e)
+            self._ot_trials.pop(trial_id, None)
+            return None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._finished(trial_id):
+            return
+        try:
+            with warnings.catch_warnings():  # Optuna warns when a step was already reported (a replay)
+                warnings.simplefilter("ignore")
+                super().on_trial_result(trial_id, result)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("cannot report trial %s to Optuna: %s", trial_id, e)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._finished(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        try:
+            self._tell_end(trial_id, result, error)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("cannot tell Optuna the end of trial %s: %s", trial_id, e)
+        self._completed_trials.add(trial_id)
+
+    def _tell_end(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """COMPLETE for a trial that ran every epoch, PRUNED (its last value) if stopped or diverged, FAIL on error.
+
+        Tune passes the result a trial stops on only here, never to `on_trial_result`, so it is
+        reported first.
+        """
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self._metric)
+        if not error and value is not None and TRAINING_ITERATION in result:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ot_trial.report(value, result[TRAINING_ITERATION])
+        outcome = classify("ERROR" if error else "TERMINATED", [result] if result else [], self._n_epochs)
+        if outcome == Outcome.COMPLETE:
+            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
+        elif outcome == Outcome.FAILED or value is None:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        else:  # PRUNED stores the last intermediate value as the trial's value
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+
+    def _finished(self, trial_id: str) -> bool:
+        """Whether Optuna already holds the end of this trial (a replay after a driver crash)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return True
+        try:
+            return self._ot_study._storage.get_trial(ot_trial._trial_id).state in FINISHED
+        except Exception:  # noqa: BLE001
+            return False
+
+    # -- resume -------------------------------------------------------------------------------------
+    def restore(self, checkpoint_path: str) -> None:
+        """Load Tune's saved searcher state, then bind it to this search's study and reconcile."""
+        storage, study_name, sampler_now = self._ot_study._storage, self._study_name, self._sampler
+        experiment, n_epochs = self._experiment, self._n_epochs
+        retry = getattr(self, "retry_after_restore", [])
+        super().restore(checkpoint_path)
+        self._experiment, self._n_epochs, self.retry_after_restore = experiment, n_epochs, []
+        if self._sampler is None:
+            self._sampler = sampler_now
+        if isinstance(storage, optuna.storages.InMemoryStorage):  # nothing durable to rebind to
+            return
+        # The pickled study points at the storage the search was started with (another folder, if it
+        # was copied or renamed); the trials are the same, so rebind them to this search's storage.
+        self._storage = storage
+        self._ot_study = optuna.load_study(study_name=study_name, storage=storage, sampler=self._sampler)
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, t._trial_id) for tid, t in self._ot_trials.items()}
+        self.reconcile()
+        self.retry(sorted(set(retry)))
+
+    def reconcile(self) -> list[int]:
+        """Mark FAIL this experiment's RUNNING Optuna trials that Tune does not know; returns their numbers.
+
+        Such trials were asked after Tune's last snapshot, or were being asked, when the driver stopped.
+        """
+        known = {t._trial_id for t in self._ot_trials.values()}
+        lost = []
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # A trial without attributes was being asked when the driver stopped (asking is not atomic).
+            if trial._trial_id in known or trial.user_attrs.get(EXPERIMENT_ATTR, self._experiment) != self._experiment:
+                continue
+            storage = self._ot_study._storage
+            storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, "asked after the driver's last snapshot")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            lost.append(trial.number)
+        if lost:
+            logger.warning("trials %s were asked just before the driver stopped and never ran; marked FAIL", lost)
+        return lost
+
+    def retry(self, trial_ids: list[str]) -> None:
+        """Give failed Tune trials that are restarted fresh Optuna trials with the same parameters."""
+        for trial_id in trial_ids:
+            old = self._ot_trials.get(trial_id)
+            if old is None:
+                continue
+            self._ot_study.enqueue_trial(old.params, skip_if_exists=False)
+            new = self._ot_study.ask(fixed_distributions=self._space)
+            new.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            new.set_user_attr(EXPERIMENT_ATTR, self._experiment)
+            self._ot_trials[trial_id] = new
+            self._completed_trials.discard(trial_id)
+
+
+def optuna_outcomes(study: optuna.Study, experiment: str) -> dict[str, TrialState]:
+    """Tune trial id -> state of its Optuna trial, for one experiment of the study."""
+    return {t.user_attrs[TUNE_TRIAL_ATTR]: t.state for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(EXPERIMENT_ATTR) == experiment and TUNE_TRIAL_ATTR in t.user_attrs
+            and not t.user_attrs.get(LOST_ATTR)}
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA that refills its rungs from the restored trials' result histories when an experiment is resumed.
+
+    Tune restores the searcher's state but not the scheduler's: without this, ASHA would restart with empty rungs
+    after `resume` and let poor trials run to their last epoch until the rungs fill again.
+    """
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if trial.has_reported_at_least_once:  # only restored trials have results when they are added
+            storage = trial.storage
+            for result in read_results(storage.storage_filesystem, f"{storage.trial_fs_path}/{METRICS_FILE}"):
+                self.on_trial_result(tune_controller, trial, result)
+
+
+class CheckpointJanitor(Callback):
+    """Deletes a trial's checkpoints once it has ended: a study keeps checkpoints of running trials only.
+
+    Tune tells the searcher (and so the durable Optuna study) before it calls callbacks, so a trial
+    whose checkpoints are gone is already recorded as ended; on resume `end_finished_trials` marks it
+    ended in Tune's state too, and it is never resumed from a checkpoint that no longer exists.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        delete_checkpoints(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        delete_checkpoints(trial)
+
+
+def delete_checkpoints(trial: Any) -> None:
+    storage = trial.storage
+    fs = storage.storage_filesystem
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+        for entry in entries:
+            if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                fs.delete_dir(entry.path)
+    except OSError as e:
+        logger.warning("cannot delete the checkpoints of trial %s: %s", trial.trial_id, e)
+
+
+def trial_storage() -> tuple[pyarrow.fs.FileSystem, str]:
+    """Inside a trial: the filesystem and folder of the trial in the search's storage (not a local copy)."""
+    from ray import tune
+    storage = tune.get_context().get_storage()
+    return storage.storage_filesystem, storage.trial_fs_path
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directory names (the default repeats every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+# -- Tune's experiment state file ----------------------------------------------------------------------
+
+def latest_state_file(fs: pyarrow.fs.FileSystem, experiment: str) -> str | None:
+    """The newest experiment_state-*.json of an experiment folder, or None."""
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(e.path for e in entries if e.base_name.startswith("experiment_state-")
+                   and e.base_name.endswith(".json"))
+    return names[-1] if names else None
+
+
+def read_state(fs: pyarrow.fs.FileSystem, experiment: str) -> list[dict[str, Any]] | None:
+    """Each trial of the experiment as Tune last saved it: {trial_id, status, config, dir, last_result}."""
+    path = latest_state_file(fs, experiment)
+    if path is None:
+        return None
+    with fs.open_input_stream(path) as f:
+        state = json.loads(f.readall())
+    trials = []
+    for trial_json, runtime_json in state["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        trials.append({"trial_id": trial["trial_id"], "status": trial["status"], "config": trial["config"],
+                       "dir": trial.get("relative_logdir") or f"trial_{trial['trial_id']}",
+                       "last_result": runtime.get("last_result") or {}})
+    return trials
+
+
+def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[str, str]) -> list[str]:
+    """Set the given statuses (TERMINATED or ERROR) of trials Tune saved as unfinished; returns their ids.
+
+    Used before `Tuner.restore`: Tune's snapshot can be older than the Optuna study's record of a
+    trial's end (and the trial's checkpoints already deleted), and Tune would resume such a trial.
+    """
+    path = latest_state_file(fs, experiment)
+    if path is None:
+        return []
+    with fs.open_input_stream(path) as f:
+        state = json.loads(f.readall())
+    changed = []
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        status = ended.get(trial["trial_id"])
+        if status and trial["status"] not in ("TERMINATED", "ERROR"):
+            trial["status"] = status
+            entry[0] = json.dumps(trial, indent=2)
+            changed.append(trial["trial_id"])
+    if changed:
+        tmp = f"{path}.amend.tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(state).encode())
+        fs.move(tmp, path)
+    return changed
+
+
+def replace_searcher(tuner: Any, searcher: DurableOptunaSearch) -> None:
+    """Put a searcher bound to this search folder into a restored Tuner (Tune then restores its state into it)."""
+    tuner._local_tuner._tune_config.search_alg = searcher

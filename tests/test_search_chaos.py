@@ -1,0 +1,197 @@
+"""A search that survives kills: the driver SIGKILLed mid-trial, between Optuna's record of a trial's end and
+Tune's next snapshot, and mid-retrain, and a trial's worker killed once; then resumed to the end.
+
+Run with the default journal storage and with an SQLite RDB. Each driver runs in its own process group,
+killed whole (driver and the local Ray it started), as when the machine running it goes away.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pyarrow.fs
+import pytest
+from optuna.trial import TrialState
+
+from search.ledger import read_results
+from search.tune_ext import read_state
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA / "train_tr.tsv").is_file(), reason=f"{DATA} is not present")]
+SPACE = [
+    {"name": "layers", "dtype": "int", "values": [32, 64], "step": 32},
+    {"name": "batch_size", "dtype": "int", "values": [64, 128], "step": 64},
+    {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05},
+    {"name": "momentum", "dtype": "float", "values": [0.0, 0.5], "step": 0.25},
+]
+TRIALS, EPOCHS = 12, 3
+# A longer snapshot period than the platform's 1 s widens the window between Optuna's record of a trial's
+# end and Tune's next snapshot, which is where the second kill lands.
+ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "5", "OMP_NUM_THREADS": "1"}
+
+
+class Search:
+    """The commands of one search folder, their logs, and what its files say."""
+
+    def __init__(self, tmp_path: Path, optuna_url: str | None):
+        self.tmp = tmp_path
+        self.store = tmp_path / "store"
+        self.folder = self.store / "chaos"
+        self.experiment = self.folder / "xe_shared"
+        self.optuna_url = optuna_url
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str, log: str) -> subprocess.Popen:
+        out = open(self.tmp / log, "w")
+        proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp,
+                                env=ENV, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def run(self) -> subprocess.Popen:
+        space = self.tmp / "space.jsonl"
+        space.write_text("".join(json.dumps(e) + "\n" for e in SPACE))
+        extra = ["--optuna-storage", self.optuna_url] if self.optuna_url else []
+        return self.start(BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid",
+                          DATA / "train_valid.tsv", "--train-full", DATA / "train_full.tsv", "--test",
+                          DATA / "test.tsv", "--name", "chaos", "--losses", "xe", "--modes", "shared", "--space", space,
+                          "--fixed", "n_sample=128", "--trials", TRIALS, "--epochs", EPOCHS, "--storage", self.store,
+                          "--local-cpus", "2", "--max-concurrent", "2", "--no-dashboard", "--quiet",
+                          "--grace-period", "1", "--reduction-factor", "2", "--top-k", "2", "--seeds", "2", *extra,
+                          log="run.log")
+
+    def resume(self, log: str) -> subprocess.Popen:
+        return self.start(BIN / "gru4rec-search", "resume", "chaos", "--storage", self.store, "--local-cpus", "2",
+                          "--no-dashboard", "--quiet", log=log)
+
+    def lock_holder(self) -> int | None:
+        try:
+            return json.loads((self.folder / "driver.lock").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def tune_trials(self) -> list[dict]:
+        try:
+            return read_state(pyarrow.fs.LocalFileSystem(), str(self.experiment)) or []
+        except (json.JSONDecodeError, OSError, KeyError):
+            return []  # being written
+
+    def optuna_trials(self) -> list:
+        url = self.optuna_url
+        if url is None:
+            if not (self.folder / "optuna.journal").exists():
+                return []
+            from optuna.storages.journal import JournalFileBackend
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(self.folder / "optuna.journal")))
+        else:
+            storage = url
+        try:
+            return optuna.load_study(study_name="chaos/xe_shared", storage=storage).trials
+        except KeyError:
+            return []
+
+    def results(self, trial_dir: str) -> list[dict]:
+        return read_results(pyarrow.fs.LocalFileSystem(), str(self.experiment / trial_dir / "metrics.jsonl"))
+
+    def wait_for(self, proc: subprocess.Popen, log: str, what: str, condition, timeout: float = 300):
+        deadline = time.time() + timeout
+        while not condition():
+            assert proc.poll() is None, f"the driver ended before {what}:\n" + (self.tmp / log).read_text()[-3000:]
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+
+def worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::(ImplicitFunc|gru4rec_trial)"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.fixture
+def search(tmp_path, request):
+    found = Search(tmp_path, None if request.param == "journal" else f"sqlite:///{tmp_path}/optuna.db")
+    yield found
+    for proc in found.procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+@pytest.mark.parametrize("search", ["journal", "sqlite"], indirect=True)
+def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search):
+    # 1. The driver dies in the middle of a trial.
+    driver = search.run()
+    search.wait_for(driver, "run.log", "a trial mid-way", lambda: any(
+        t["status"] == "RUNNING" and len(search.results(t["dir"])) >= 1 for t in search.tune_trials()))
+    search.kill(driver)
+
+    # A second driver on the same search is refused while the first runs.
+    driver = search.resume("resume1.log")
+    search.wait_for(driver, "resume1.log", "the resumed driver's lock", lambda: search.lock_holder() == driver.pid)
+    second = search.resume("second.log")
+    assert second.wait(timeout=120) == 2
+    assert re.fullmatch(r"gru4rec-search: error: search .* is being run by pid \d+ on .* since .*\n",
+                        (search.tmp / "second.log").read_text().splitlines(keepends=True)[-1])
+
+    # 2. A trial's worker process dies once (Tune retries the trial from its checkpoint) ...
+    search.wait_for(driver, "resume1.log", "a running trial worker", lambda: bool(worker_pids()))
+    os.kill(worker_pids()[0], signal.SIGKILL)
+    # ... and then the driver dies just after Optuna recorded a trial's end, before Tune's next snapshot.
+    def ended_in_optuna_only() -> bool:
+        tune = {t["trial_id"]: t["status"] for t in search.tune_trials()}
+        return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   and tune.get(t.user_attrs.get("tune_trial_id")) == "RUNNING" for t in search.optuna_trials())
+    search.wait_for(driver, "resume1.log", "a trial ended in Optuna but not yet in Tune's snapshot",
+                    ended_in_optuna_only)
+    search.kill(driver)
+
+    # 3. The driver dies in the middle of the retrains.
+    driver = search.resume("resume2.log")
+    retrains = search.folder / "retrain" / "xe_shared"
+    search.wait_for(driver, "resume2.log", "a finished retrain", lambda: retrains.is_dir() and any(retrains.iterdir()),
+                    timeout=600)
+    search.kill(driver)
+    done_before = {p.name: p.read_text() for p in retrains.iterdir() if not p.name.startswith(".")}
+    assert 0 < len(done_before) < 6, "the kill came after every retrain"
+
+    driver = search.resume("resume3.log")
+    assert driver.wait(timeout=900) == 0, (search.tmp / "resume3.log").read_text()[-4000:]
+
+    # Exactly the asked trials, in Tune and in Optuna; none running; failed only as lost.
+    tune = search.tune_trials()
+    assert len(tune) == TRIALS and all(t["status"] == "TERMINATED" for t in tune)
+    trials = search.optuna_trials()
+    counted = [t for t in trials if not t.user_attrs.get("lost")]
+    assert len(counted) == TRIALS and not any(t.state == TrialState.RUNNING for t in trials)
+    assert all(t.state == TrialState.FAIL for t in trials if t.user_attrs.get("lost"))
+    assert {t.user_attrs["tune_trial_id"] for t in counted} == {t["trial_id"] for t in tune}
+    # Every epoch of every trial trained at most once more, past the checkpoint it resumed from.
+    for t in tune:
+        iterations = [r["training_iteration"] for r in search.results(t["dir"])]
+        assert iterations and max(iterations.count(i) for i in set(iterations)) <= 2, (t["trial_id"], iterations)
+    # The retrains finished before the last kill were not redone.
+    assert all((retrains / name).read_text() == text for name, text in done_before.items())
+    assert len([p for p in retrains.iterdir() if not p.name.startswith(".")]) == 6
+    # No checkpoint is left, and the study folder stays within the printed bound.
+    assert not list(search.experiment.glob("trial_*/checkpoint_*"))
+    bound = json.loads((search.folder / "search.json").read_text())["disk_bound"]
+    size = sum(p.stat().st_size for p in search.experiment.rglob("*") if p.is_file())
+    assert 0 < size < bound, (size, bound)
+    assert "disk: checkpoints of a study stay below" in (search.tmp / "run.log").read_text()
+    table = (search.folder / "results.md").read_text()
+    assert "| xe_shared |" in table and "baseline: markov" in table
+    status = subprocess.run([BIN / "gru4rec-search", "status", "chaos", "--storage", search.store],
+                            capture_output=True, text=True, env=ENV)
+    assert re.search(rf"xe_shared\s+{TRIALS}/{TRIALS}\s+0\s", status.stdout), status.stdout
