@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 LOSSES = ("cross-entropy", "bpr-max")
-LOSS_ALIASES = {"xe": "cross-entropy", "cross-entropy": "cross-entropy", "bpr-max": "bpr-max"}
+LOSS_ALIASES = {"xe": "cross-entropy", "cross-entropy": "cross-entropy", "bpr-max": "bpr-max", "bprmax": "bpr-max"}
 
 
 class ConfigError(ValueError):
@@ -46,7 +46,7 @@ class Config:
     def validate(self) -> None:
         """Raise ConfigError naming the first parameter whose value is out of range."""
         if self.loss not in LOSSES:
-            raise ConfigError(f"loss={self.loss!r}: allowed values are {', '.join(LOSSES)} (or xe)")
+            raise ConfigError(f"loss={self.loss!r}: allowed values are {', '.join(LOSSES)} (or xe, bprmax)")
         if not self.layers or any(n < 1 for n in self.layers):
             raise ConfigError(f"layers={self.layers}: need one or more positive sizes, e.g. 100 or 100/100")
         checks = [

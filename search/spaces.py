@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from gru4rec import Config, ConfigError, parse_param_string
+from gru4rec.config import LOSS_ALIASES
 
 def _spaces_dir() -> Path:
     """spaces/ of the source tree (editable install), else the copy a regular install puts under share/."""
@@ -27,7 +28,6 @@ def _spaces_dir() -> Path:
 
 
 SPACES_DIR = _spaces_dir()
-LOSS_ALIASES = {"xe": "cross-entropy", "cross-entropy": "cross-entropy", "bpr-max": "bpr-max", "bprmax": "bpr-max"}
 LOSS_TOKENS = {"cross-entropy": "xe", "bpr-max": "bprmax"}  # as in the official file names
 MODES: dict[str, dict[str, Any]] = {
     "none": {"embedding": 0, "constrained_embedding": False},
