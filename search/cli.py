@@ -1,4 +1,4 @@
-"""`gru4rec-search run | resume | status | export`: hyperparameter search for GRU4Rec on Ray Tune + Optuna.
+"""`gru4rec-search run | resume | status | export | dashboard`: hyperparameter search for GRU4Rec (Ray Tune + Optuna).
 
 Local by default (an embedded Ray with its dashboard); `--address auto` or `--address ray://head:10001` runs the
 same search on a cluster, and so does submitting it as a Ray job, which puts its logs in the dashboard:
@@ -17,13 +17,14 @@ import ray
 from gru4rec import ConfigError, DataError
 
 from .cluster import Resources, connect_ray, plan_resources
-from .finalize import export, finalize
-from .ledger import Outcome, best
-from .settings import (DEFAULT_STORAGE, NAME_PATTERN, SETTINGS_FILE, DriverLock, SearchError, SearchSettings, Store,
-                       is_uri, resolve_storage)
+from .finalize import correlation_notes, export, finalize
+from .ledger import Outcome, best, rung_correlations
+from .settings import (DEFAULT_STORAGE, EXPERIMENT, NAME_PATTERN, POLICIES, SETTINGS_FILE, DriverLock, SearchError,
+                       SearchSettings, Store, is_uri, resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
                      read_space_text)
-from .study import SearchData, checkpoint_bound, optuna_storage, run_study, study_progress
+from .study import SearchData, checkpoint_bound, optuna_storage, run_search, study_progress
+from .warmstart import warm_configs
 
 PROG = "gru4rec-search"
 USER_ERRORS = (SearchError, SpaceError, ConfigError, DataError)
@@ -64,7 +65,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, max_failures=args.max_failures, optuna_storage=args.optuna_storage,
         optuna_study=args.optuna_study or args.name, allow_pickle=args.allow_pickle, top_k=args.top_k,
-        seeds=args.seeds)
+        seeds=args.seeds, policy=args.studies,
+        warm_start=[p.strip() for p in (args.warm_start or "").split(",") if p.strip()])
     settings.validate()
     settings.make_paths_absolute()
     if not is_uri(settings.storage):
@@ -127,15 +129,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Continue a search from its saved settings, Tune experiments and Optuna studies."""
+    """Continue a search from its saved settings, Tune experiment and Optuna studies (or extend it)."""
     settings, store = load_settings(args.name, args.storage)
     lock = DriverLock(store)
     lock.acquire()
     try:
         data = prepare(settings)
+        if args.trials is not None:
+            extend(settings, store, args.trials)
         return execute(settings, store, data, args)
     finally:
         lock.release()
+
+
+def extend(settings: SearchSettings, store: Store, trials: int) -> None:
+    """Raise the number of trials per study; studies finalized with fewer are finalized again afterwards."""
+    if trials < settings.trials:
+        raise SearchError(f"--trials {trials}: the search already has {settings.trials} trials per study")
+    if trials == settings.trials:
+        return
+    print(f"search {settings.name}: {settings.trials} -> {trials} trials per study")
+    settings.trials = trials
+    store.write(SETTINGS_FILE, settings.to_json())
+    for plan in settings.plans():
+        store.delete(f"{plan.name}_result.json")
+        for name in store.list(f"retrain/{plan.name}"):
+            store.delete(f"retrain/{plan.name}/{name}")
 
 
 def execute(settings: SearchSettings, store: Store, data: SearchData, args: argparse.Namespace,
@@ -165,18 +184,23 @@ def execute(settings: SearchSettings, store: Store, data: SearchData, args: argp
               f"{settings.epochs} epochs, {resources.max_concurrent} trials at once, "
               f"{resources.cpus:g} CPU / {resources.gpus:g} GPU each")
         print(f"results: {settings.search_uri}   TensorBoard: tensorboard --logdir {settings.search_uri}")
-        print(f"disk: checkpoints of a study stay below {settings.disk_bound / 2**20:,.1f} MB "
+        print(f"disk: checkpoints stay below {settings.disk_bound / 2**20:,.1f} MB "
               f"(2 per running trial + 1; an ended trial keeps its metrics only)")
         if dashboard:
             print(f"Ray dashboard: {dashboard}")
+        print(f"Optuna dashboard: gru4rec-search dashboard {settings.name} --storage {settings.storage}")
         refs = data.put()
-        for index, plan in enumerate(plans):
-            if study_progress(settings, plan).finished(settings.trials):
+        todo = [plan for plan in plans if not study_progress(settings, plan).finished(settings.trials)]
+        for plan in plans:
+            if plan not in todo:
                 print(f"study {plan.name}: already finished")
-                continue
-            print(f"study {plan.name}: searching {', '.join(plan.space)}")
-            run_study(settings, store, plan, index, refs, resources, verbose=0 if args.quiet else 1,
-                      retry_failed=getattr(args, "retry_failed", False))
+        if todo:
+            warm = {plan.name: warm_configs(settings.warm_start, settings.storage, plan) for plan in plans} \
+                if new and settings.warm_start else None
+            print(f"studies {', '.join(p.name for p in plans)}: trial slots {settings.policy}; searching "
+                  f"{', '.join(plans[0].space)}")
+            run_search(settings, store, plans, refs, resources, verbose=0 if args.quiet else 1,
+                       retry_failed=getattr(args, "retry_failed", False), warm=warm)
         print("selecting and retraining the best configs of each study, then testing them")
         finalize(settings, store, refs, resources)
         del refs
@@ -195,7 +219,7 @@ def print_outputs(settings: SearchSettings, store: Store) -> None:
     print("  <study>_best.model      that config retrained on train_full")
     print("  results.csv, results.md the table above")
     print("  <study>_history.png, <study>_importance.png   optimisation history and parameter importance")
-    print("  <study>/                Tune experiment: trials, their metrics, TensorBoard logs")
+    print("  trials/                 Tune experiment of all studies: trials, their metrics, TensorBoard logs")
     print("  optuna.journal          the Optuna studies (optuna-dashboard can open it)")
 
 
@@ -208,8 +232,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if holder:
         print(f"driver: {holder.strip()}")
     header = (f"{'study':<16} {'ended':>9} {'running':>8} {'stopped':>8} {'diverged':>9} {'failed':>7} "
-              f"{'best MRR@20':>12} {'disk MB':>8} {'bound MB':>9}  best config")
+              f"{'best MRR@20':>12}  best config")
     print(header)
+    notes = []
     for plan in settings.plans():
         p = study_progress(settings, plan)
         if not p.started:
@@ -219,11 +244,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         done = "finalized" if store.exists(f"{plan.name}_result.json") else ""
         score = f"{top.final_mrr:.4f}" if top and top.final_mrr is not None else "-"
         config = ",".join(f"{k}={tidy_value(v)}" for k, v in (top.params if top else {}).items())
-        bound = f"{settings.disk_bound / 2**20:.1f}" if settings.disk_bound else "-"
         t = p.tally
         print(f"{plan.name:<16} {f'{p.ended}/{settings.trials}':>9} {t[Outcome.RUNNING]:>8} {t[Outcome.STOPPED]:>8} "
-              f"{t[Outcome.DIVERGED]:>9} {t[Outcome.FAILED]:>7} {score:>12} "
-              f"{store.size(plan.name) / 2**20:>8.1f} {bound:>9}  {config} {done}".rstrip())
+              f"{t[Outcome.DIVERGED]:>9} {t[Outcome.FAILED]:>7} {score:>12}  {config} {done}".rstrip())
+        notes += correlation_notes(plan.name, rung_correlations(p.records, settings.epochs, settings.grace_period,
+                                                                settings.reduction_factor))
+    bound = f"{settings.disk_bound / 2**20:,.1f} MB" if settings.disk_bound else "unknown"
+    print(f"disk: {EXPERIMENT}/ holds {store.size(EXPERIMENT) / 2**20:,.1f} MB; its checkpoints stay below {bound}")
+    for line in notes:
+        print(line)
     return 0
 
 
@@ -245,6 +274,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the search's studies (the journal file, or the RDB), while the search runs or after."""
+    import optuna_dashboard
+    settings, store = load_settings(args.name, args.storage)
+    storage = optuna_storage(settings, store)
+    print(f"Optuna dashboard of search {settings.name}: http://{args.host}:{args.port}/dashboard "
+          f"(studies {', '.join(settings.optuna_study_name(p) for p in settings.plans())}); Ctrl-C stops it",
+          flush=True)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
 def _ray_options(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that start or join Ray."""
     parser.add_argument("--address", help="Ray cluster to join: auto, ray://HEAD:10001 (default: a local Ray)")
@@ -254,7 +295,7 @@ def _ray_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The gru4rec-search command line: run, resume, status, export."""
+    """The gru4rec-search command line: run, resume, status, export, dashboard."""
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -284,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=3,
                      help="best configs of each study trained again with several seeds to pick one (default: 3)")
     run.add_argument("--seeds", type=int, default=3, help="seeds of each of those trainings (default: 3)")
+    run.add_argument("--studies", choices=POLICIES, default="shared",
+                     help="shared: the studies run at once, splitting the trial slots (a study that has started "
+                          "all its trials leaves its slots to the others); sequential: one after another "
+                          "(default: shared)")
+    run.add_argument("--warm-start", metavar="SOURCES",
+                     help="configs each study evaluates first: 'best' (the published best configs and the defaults) "
+                          "and/or earlier searches (folder, or name under --storage), comma-separated")
     run.add_argument("--allow-pickle", action="store_true",
                      help="allow .pickle/.pkl splits (unpickling runs code from the file: only files you trust)")
     _ray_options(run)
@@ -294,8 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--storage", default=DEFAULT_STORAGE)
     resume.add_argument("--retry-failed", action="store_true",
                         help="also run failed trials again, from scratch (default: they stay failed)")
+    resume.add_argument("--trials", type=int, help="raise the trials per study (a finished search runs only the new "
+                                                   "ones, then finalizes again)")
     _ray_options(resume)
     resume.set_defaults(func=cmd_resume)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the search's Optuna studies")
+    dashboard.add_argument("name")
+    dashboard.add_argument("--storage", default=DEFAULT_STORAGE)
+    dashboard.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    dashboard.set_defaults(func=cmd_dashboard)
 
     for command, func, text in (("status", cmd_status, "progress of every study, best config so far, disk use"),
                                 ("export", cmd_export, "re-export paramfiles, tables and plots (no retraining)")):

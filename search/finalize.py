@@ -272,7 +272,7 @@ def study_result(settings: SearchSettings, plan: StudyPlan, records: list[TrialR
     errors = [r["error"] for _, r in final_runs if r and "error" in r]
     result.seeds = [j.seed for j, _ in ok]
     for key in metric_keys():
-        values = [r["metrics"][key] for _, r in ok]
+        values = [r["metrics"][key] for _, r in ok if key in r["metrics"]]
         if values:
             result.test[key] = statistics.fmean(values)
             result.test_sd[key] = statistics.stdev(values) if len(values) > 1 else 0.0

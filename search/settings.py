@@ -4,7 +4,7 @@ Layout under the storage root (a local path, NFS, or a URI such as s3://bucket/p
     NAME/search.json         the settings, written before Ray starts (resume, status and export read them)
     NAME/driver.lock         who runs the search now (host, pid, start time)
     NAME/optuna.journal      the Optuna studies (journal storage; a local cache mirrors it for URI storage)
-    NAME/<study>/            the Tune experiment: trials, their last checkpoints, TensorBoard logs
+    NAME/trials/             the Tune experiment of all studies: trials, their metrics and last checkpoints
     NAME/<study>_result.json the retrained best config of a finalized study; exports beside it
 The folder's name is the search's name: a copied or renamed folder is a search of its own.
 """
@@ -34,9 +34,11 @@ from .spaces import StudyPlan, parse_space, plan_study
 SETTINGS_FILE = "search.json"
 LOCK_FILE = "driver.lock"
 JOURNAL_FILE = "optuna.journal"
+EXPERIMENT = "trials"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_STORAGE = "~/gru4rec-search"
 FINGERPRINT_BYTES = 1 << 20
+POLICIES = ("shared", "sequential")
 
 
 class SearchError(RuntimeError):
@@ -105,8 +107,10 @@ class SearchSettings:
     allow_pickle: bool = False
     top_k: int = 3  # configs of a study retrained for the final choice
     seeds: int = 3  # seeds of each retrain
+    policy: str = "shared"  # how the studies share the trial slots: "shared" or "sequential"
+    warm_start: list[str] = field(default_factory=list)  # "best" and/or earlier searches' folders
     fingerprints: dict[str, str] = field(default_factory=dict)  # split -> fingerprint, taken at `run`
-    disk_bound: int = 0  # bytes the checkpoints of a study may take (resolved at `run`)
+    disk_bound: int = 0  # bytes the checkpoints of the search may take (resolved at `run`)
 
     def validate(self) -> None:
         """Raise SearchError for any setting that cannot work (before data, storage or Ray are touched)."""
@@ -120,7 +124,8 @@ class SearchSettings:
                    f"an integer in 1..{self.epochs} (--epochs)"),
                   ("--reduction-factor", self.reduction_factor > 1, "a number > 1"),
                   ("--max-failures", self.max_failures >= 0, "an integer >= 0"),
-                  ("--top-k", self.top_k >= 1, "an integer >= 1"), ("--seeds", self.seeds >= 1, "an integer >= 1")]
+                  ("--top-k", self.top_k >= 1, "an integer >= 1"), ("--seeds", self.seeds >= 1, "an integer >= 1"),
+                  ("--studies", self.policy in POLICIES, f"one of {', '.join(POLICIES)}")]
         for option, ok, allowed in checks:
             if not ok:
                 raise SearchError(f"{option} must be {allowed}")
@@ -165,9 +170,10 @@ class SearchSettings:
         """Where this search's files live: STORAGE/NAME."""
         return f"{resolve_storage(self.storage)}/{self.name}"
 
-    def experiment_uri(self, plan: StudyPlan) -> str:
-        """Where the study's Tune experiment lives: STORAGE/NAME/<study>."""
-        return f"{self.search_uri}/{plan.name}"
+    @property
+    def experiment_uri(self) -> str:
+        """Where the search's Tune experiment (the trials of every study) lives: STORAGE/NAME/trials."""
+        return f"{self.search_uri}/{EXPERIMENT}"
 
     def optuna_study_name(self, plan: StudyPlan) -> str:
         """The Optuna study name (prefix/<study>), shared by runs that extend a study."""
@@ -271,6 +277,11 @@ class Store:
             if self.fs.get_file_info(tmp).type != pyarrow.fs.FileType.NotFound:
                 self.fs.delete_file(tmp)
             raise
+
+    def list(self, folder: str) -> list[str]:
+        """The names of the files in a folder of this search (none if it does not exist)."""
+        entries = self.fs.get_file_info(pyarrow.fs.FileSelector(self.path(folder), allow_not_found=True))
+        return sorted(e.base_name for e in entries if e.type == pyarrow.fs.FileType.File)
 
     def delete(self, name: str) -> None:
         if self.exists(name):

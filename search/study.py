@@ -1,13 +1,15 @@
-"""The study runner: one Ray Tune experiment, on one durable Optuna study, per loss x embedding mode.
+"""The search runner: the studies (one per loss x embedding mode, each its own durable Optuna study) run
+as one Ray Tune experiment, sharing its trial slots.
 
-A study runs (or, after a crash, continues) until it has its asked number of ended trials; ASHA stops
-poor trials after each epoch, a trial's checkpoints go once it has ended, and the searcher's record of
-every trial survives the driver in the Optuna storage.
+A search runs (or, after a stop, continues) until every study has its asked number of ended trials;
+ASHA stops poor trials after each epoch within their study, a trial's checkpoints go once it has
+ended, and the searchers' record of every trial survives the driver in the Optuna storage.
 """
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +25,12 @@ from gru4rec.config import Config
 
 from .cluster import Resources
 from .ledger import METRICS_FILE, Outcome, TrialRecord, counts, read_results, record
-from .settings import JOURNAL_FILE, SearchError, SearchSettings, Store
+from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Store
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
-from .tune_ext import (FINISHED, CheckpointJanitor, DurableOptunaSearch, ResumableASHA, end_finished_trials,
-                       optuna_outcomes, read_state, replace_searcher, trial_dirname)
+from .tune_ext import (FINISHED, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
+                       end_finished_trials, optuna_outcomes, read_state, reopen_search, replace_searcher,
+                       trial_dirname)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class SearchData:
 
 
 def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, resources: Resources) -> int:
-    """Bytes a study's checkpoints may take: two per running trial plus one, at the space's largest model."""
+    """Bytes the checkpoints may take: two per running trial plus one, at the study space's largest model."""
     largest = {}
     for name, dist in plan.space.items():
         if hasattr(dist, "high"):
@@ -113,13 +116,13 @@ def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, re
 
 
 def read_ledger(settings: SearchSettings, plan: StudyPlan) -> list[TrialRecord] | None:
-    """The ledger of a study (one record per trial Tune knows), or None if it has not started."""
-    fs, root = pyarrow.fs.FileSystem.from_uri(settings.experiment_uri(plan))
+    """The ledger of a study (one record per trial Tune knows of it), or None if the search has not started."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(settings.experiment_uri)
     trials = read_state(fs, root)
     if trials is None:
         return None
     return [record(plan.name, t, read_results(fs, f"{root}/{t['dir']}/{METRICS_FILE}"), settings.epochs, plan.space)
-            for t in trials]
+            for t in trials if t["config"].get(STUDY_KEY) == plan.name]
 
 
 @dataclass
@@ -148,67 +151,99 @@ def study_progress(settings: SearchSettings, plan: StudyPlan) -> StudyProgress:
     return StudyProgress(plan, records, counts(records) if records is not None else {})
 
 
-def make_searcher(settings: SearchSettings, plan: StudyPlan, index: int,
-                  storage: optuna.storages.BaseStorage) -> DurableOptunaSearch:
-    """TPE (seeded per study) over the study's space, on the search's durable Optuna storage."""
-    sampler = optuna.samplers.TPESampler(seed=settings.seed + index)
-    return DurableOptunaSearch(plan.space, metric=METRIC, mode=MODE, sampler=sampler,
+def tpe_sampler(seed: int, concurrency: int) -> optuna.samplers.TPESampler:
+    """TPE for trials in flight: constant liar (running trials count as bad, so concurrent trials spread),
+    multivariate (parameters modelled jointly), and as many random start-up trials as run at once (at
+    least 10), so that the first wave is not proposed from a handful of results.
+
+    Every setting is explicit, so the behaviour does not depend on the installed Optuna's defaults.
+    """
+    with warnings.catch_warnings():  # multivariate and constant_liar are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(10, concurrency), multivariate=True,
+                                          constant_liar=True, group=False)
+
+
+def make_searcher(settings: SearchSettings, plan: StudyPlan, index: int, storage: optuna.storages.BaseStorage,
+                  concurrency: int, warm: list[dict] | None = None) -> DurableOptunaSearch:
+    """TPE (seeded per study) over the study's space on the search's durable storage; `warm` configs first."""
+    return DurableOptunaSearch(plan.space, metric=METRIC, mode=MODE, sampler=tpe_sampler(settings.seed + index,
+                                                                                          concurrency),
                                study_name=settings.optuna_study_name(plan), storage=storage,
-                               n_epochs=settings.epochs, experiment=plan.name)
+                               points_to_evaluate=warm or None, n_epochs=settings.epochs, experiment=plan.name)
 
 
-def run_study(settings: SearchSettings, store: Store, plan: StudyPlan, index: int, data: dict[str, ray.ObjectRef],
-              resources: Resources, verbose: int = 1, retry_failed: bool = False) -> None:
-    """Run (or continue, after a crash) the study's experiment until all its trials have ended.
+def study_concurrency(settings: SearchSettings, resources: Resources, n_studies: int) -> int:
+    """Trials of one study in flight: its share of the slots when the studies share them."""
+    if settings.policy == "sequential":
+        return resources.max_concurrent
+    return max(1, -(-resources.max_concurrent // n_studies))
+
+
+def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], data: dict[str, ray.ObjectRef],
+               resources: Resources, verbose: int = 1, retry_failed: bool = False,
+               warm: dict[str, list[dict]] | None = None) -> None:
+    """Run (or continue, after a stop) the studies' trials in one Tune experiment until all have ended.
 
     `verbose` is Tune's: 0 silent, 1 progress tables and trial results, 2 more detail.
     """
-    setup = TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed)
-    trainable = make_trainable(setup, {k: data[k] for k in ("train", "valid")}, resources.bundle())
-    path = settings.experiment_uri(plan)
+    setups = {plan.name: TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed) for plan in plans}
+    trainable = make_trainable(setups, {k: data[k] for k in ("train", "valid")}, resources.bundle())
+    path = settings.experiment_uri
     for key, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     storage = optuna_storage(settings, store)
-    searcher = make_searcher(settings, plan, index, storage)
-    if Tuner.can_restore(path):
-        tuner = restored_tuner(settings, plan, path, trainable, searcher, retry_failed)
+    restoring = Tuner.can_restore(path)
+    concurrency = study_concurrency(settings, resources, len(plans))
+    searchers = {plan.name: make_searcher(settings, plan, index, storage, concurrency,
+                                          None if restoring else (warm or {}).get(plan.name))
+                 for index, plan in enumerate(plans)}
+    mux = StudyMux(searchers, {plan.name: settings.trials for plan in plans}, settings.policy, METRIC, MODE)
+    if restoring:
+        tuner = restored_tuner(plans, path, trainable, mux, retry_failed)
     else:
-        scheduler = ResumableASHA(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.epochs,
-                                  grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+        scheduler = StudyASHA(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.epochs,
+                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
         callbacks = [TBXLoggerCallback(), CheckpointJanitor()] + ([] if store.local else [JournalMirror(store)])
         tuner = Tuner(
             trainable,
-            tune_config=TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.trials,
+            tune_config=TuneConfig(search_alg=mux, scheduler=scheduler, num_samples=-1,
                                    max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
                                    trial_dirname_creator=trial_dirname),
-            run_config=RunConfig(name=plan.name, storage_path=settings.search_uri,
+            run_config=RunConfig(name=EXPERIMENT, storage_path=settings.search_uri,
                                  checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                                  failure_config=FailureConfig(max_failures=settings.max_failures),
                                  callbacks=callbacks, verbose=verbose))
     tuner.fit()
-    progress = study_progress(settings, plan)
-    if not progress.finished(settings.trials):
-        raise SearchError(f"study {plan.name} stopped with {progress.ended} of {settings.trials} trials ended; "
-                          f"continue with: gru4rec-search resume {settings.name}")
+    for plan in plans:
+        progress = study_progress(settings, plan)
+        if not progress.finished(settings.trials):
+            raise SearchError(f"study {plan.name} stopped with {progress.ended} of {settings.trials} trials ended; "
+                              f"continue with: gru4rec-search resume {settings.name}")
 
 
-def restored_tuner(settings: SearchSettings, plan: StudyPlan, path: str, trainable, searcher: DurableOptunaSearch,
-                   retry_failed: bool) -> Tuner:
-    """The study's Tuner after a stop, reconciled with the Optuna study first.
+def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, retry_failed: bool) -> Tuner:
+    """The search's Tuner after a stop, reconciled with the Optuna studies first.
 
-    Trials the Optuna study has as ended are marked ended in Tune's saved state (its snapshot can be a
-    moment older), so none is run again; failed trials stay failed unless `retry_failed`.
+    Trials the Optuna studies have as ended are marked ended in Tune's saved state (its snapshot can be
+    a moment older), so none is run again; failed trials stay failed unless `retry_failed`; a raised
+    budget reopens the search for new trials.
     """
-    outcomes = optuna_outcomes(searcher._ot_study, plan.name)
-    ended = {tid: "ERROR" if state == optuna.trial.TrialState.FAIL else "TERMINATED"
-             for tid, state in outcomes.items() if state in FINISHED}
+    ended = {}
+    for plan in plans:
+        outcomes = optuna_outcomes(mux.searchers[plan.name]._ot_study, plan.name)
+        ended.update({tid: "ERROR" if state == optuna.trial.TrialState.FAIL else "TERMINATED"
+                      for tid, state in outcomes.items() if state in FINISHED})
     fs, root = pyarrow.fs.FileSystem.from_uri(path)
     amended = end_finished_trials(fs, root, ended)
     if amended:
-        logger.info("study %s: trials %s had ended after Tune's last snapshot", plan.name, amended)
+        logger.info("trials %s had ended after Tune's last snapshot", amended)
+    reopen_search(fs, root)
     tuner = Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=retry_failed)
     if retry_failed:
-        searcher.retry_after_restore = [tid for tid, status in ended.items() if status == "ERROR"]
-        searcher.retry_after_restore += [t["trial_id"] for t in read_state(fs, root) or [] if t["status"] == "ERROR"]
-    replace_searcher(tuner, searcher)
+        failed = {tid for tid, status in ended.items() if status == "ERROR"}
+        failed |= {t["trial_id"] for t in read_state(fs, root) or [] if t["status"] == "ERROR"}
+        for searcher in mux.searchers.values():
+            searcher.retry_after_restore = sorted(failed)
+    replace_searcher(tuner, mux)
     return tuner

@@ -22,7 +22,7 @@ from gru4rec import Config, EpochInfo, SessionData, Trainer, TrainingError
 from gru4rec.checkpoint import load_training_state, save_training_state
 
 from .ledger import METRIC, METRICS_FILE, RECALL, read_results
-from .tune_ext import trial_storage
+from .tune_ext import STUDY_KEY, trial_storage
 
 MODE = "max"
 TIE_MODE = "standard"  # for validation in trials and for the test evaluation of the retrained model
@@ -71,7 +71,7 @@ def shared_data(refs: dict[str, ray.ObjectRef]) -> dict[str, SessionData]:
 
 def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.ObjectRef]) -> None:
     """Train one sampled config epoch by epoch, resuming from Tune's checkpoint if there is one."""
-    config = trial_config(setup, params)
+    config = trial_config(setup, {k: v for k, v in params.items() if k != STUDY_KEY})
     splits = shared_data(data)
     train, valid = splits["train"], splits["valid"]
     # Torch threads within the trial's CPUs: oversubscribed OpenMP threads spin and slow every trial down.
@@ -124,14 +124,16 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
 def write_file(fs, path: str, text: str) -> None:
     """Write through a temporary and rename (local, NFS or object storage alike)."""
     tmp = f"{path}.{os.getpid()}.tmp"
+    fs.create_dir(os.path.dirname(path), recursive=True)
     with fs.open_output_stream(tmp) as f:
         f.write(text.encode())
     fs.move(tmp, path)
 
 
-def make_trainable(setup: TrialSetup, data: dict[str, ray.ObjectRef], resources: dict[str, float]) -> Callable:
-    """The Tune trainable of a study: the splits put in the object store once per search, resources as asked."""
+def make_trainable(setups: dict[str, TrialSetup], data: dict[str, ray.ObjectRef],
+                   resources: dict[str, float]) -> Callable:
+    """The Tune trainable of a search: a trial's config names its study; the splits are in the object store."""
     def gru4rec_trial(params: dict[str, Any]) -> None:
-        run_trial(params, setup, data)
+        run_trial(params, setups[params[STUDY_KEY]], data)
 
     return tune.with_resources(gru4rec_trial, resources)

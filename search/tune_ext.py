@@ -1,5 +1,7 @@
 """What the platform adds to Ray Tune, and every use of Tune's and Ray's OptunaSearch's private parts.
 
+- `StudyMux` and `StudyASHA`: the studies of a search in one Tune experiment, sharing its trial slots,
+  each with its own Optuna study and its own ASHA rungs.
 - `DurableOptunaSearch`: OptunaSearch on a durable Optuna study (journal file or RDB) that tells Optuna
   each trial's end once, with the state the ledger derives (complete, or pruned at the epoch it stopped),
   rebinds to the search folder it is resumed from, reconciles with Tune on resume, and never lets an
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import warnings
 from typing import Any
 
@@ -20,13 +23,15 @@ import pyarrow.fs
 from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.result import TRAINING_ITERATION
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .ledger import METRICS_FILE, Outcome, classify, read_results
 
 logger = logging.getLogger(__name__)
 
+STUDY_KEY = "study"  # the trial config's entry that names its study
 TUNE_TRIAL_ATTR = "tune_trial_id"
 EXPERIMENT_ATTR = "experiment"
 LOST_ATTR = "lost"
@@ -113,10 +118,15 @@ class DurableOptunaSearch(OptunaSearch):
     # -- resume -------------------------------------------------------------------------------------
     def restore(self, checkpoint_path: str) -> None:
         """Load Tune's saved searcher state, then bind it to this search's study and reconcile."""
+        with open(checkpoint_path, "rb") as f:
+            self.restore_state(pickle.load(f))
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take a saved state (the pickled `__dict__`), bound to this searcher's storage, and reconcile."""
         storage, study_name, sampler_now = self._ot_study._storage, self._study_name, self._sampler
         experiment, n_epochs = self._experiment, self._n_epochs
         retry = getattr(self, "retry_after_restore", [])
-        super().restore(checkpoint_path)
+        self.__dict__.update(state)
         self._experiment, self._n_epochs, self.retry_after_restore = experiment, n_epochs, []
         if self._sampler is None:
             self._sampler = sampler_now
@@ -168,6 +178,114 @@ def optuna_outcomes(study: optuna.Study, experiment: str) -> dict[str, TrialStat
     return {t.user_attrs[TUNE_TRIAL_ATTR]: t.state for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get(EXPERIMENT_ATTR) == experiment and TUNE_TRIAL_ATTR in t.user_attrs
             and not t.user_attrs.get(LOST_ATTR)}
+
+
+class StudyMux(Searcher):
+    """The studies of a search behind one Tune search, so that they share the cluster's trial slots.
+
+    Each new trial goes to a study with budget left: with `policy` "shared" the one with the fewest
+    running trials (the slots are split evenly, and a study that has started all its trials leaves its
+    slots to the others), with "sequential" the first one (studies run one after another, but the next
+    one starts as soon as the previous one has no trial left to start, so no slot waits for its tail).
+    Results and ends go to the trial's study. Budgets and policy come from the settings, not from the
+    saved state, so that a resume may raise the budget.
+    """
+
+    def __init__(self, searchers: dict[str, DurableOptunaSearch], budgets: dict[str, int], policy: str,
+                 metric: str, mode: str):
+        super().__init__(metric=metric, mode=mode)
+        self.searchers, self.budgets, self.policy = searchers, budgets, policy
+        self.study_of: dict[str, str] = {}
+        self.running: dict[str, set[str]] = {name: set() for name in searchers}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # every study has its space, metric and mode already
+
+    def started(self, study: str) -> int:
+        """Trials of the study Tune knows of (asked and not lost)."""
+        return len(self.searchers[study]._ot_trials)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        open_ = [name for name in self.searchers if self.started(name) < self.budgets[name]]
+        if not open_:
+            return Searcher.FINISHED
+        if self.policy == "sequential":
+            study = open_[0]
+        else:
+            study = min(open_, key=lambda name: (len(self.running[name]), self.started(name)))
+        config = self.searchers[study].suggest(trial_id)
+        if config is None:
+            return None
+        self.study_of[trial_id] = study
+        self.running[study].add(trial_id)
+        return {**config, STUDY_KEY: study}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.study_of:
+            self.searchers[self.study_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        study = self.study_of.get(trial_id)
+        if study is not None:
+            self.searchers[study].on_trial_complete(trial_id, result, error)
+            self.running[study].discard(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {"study_of": self.study_of, "running": self.running,
+                 "searchers": {name: dict(s.__dict__) for name, s in self.searchers.items()}}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        for name, searcher in self.searchers.items():
+            if name in state["searchers"]:
+                searcher.restore_state(state["searchers"][name])
+        self.study_of = {tid: name for tid, name in state["study_of"].items() if name in self.searchers}
+        self.running = {name: {tid for tid in state["running"].get(name, set())
+                               if not self.searchers[name]._finished(tid)} for name in self.searchers}
+
+    def retry(self, trial_ids: list[str]) -> None:
+        """Fresh Optuna trials for failed Tune trials that are restarted (see DurableOptunaSearch.retry)."""
+        for trial_id in trial_ids:
+            study = self.study_of.get(trial_id)
+            if study is not None:
+                self.searchers[study].retry([trial_id])
+                self.running[study].add(trial_id)
+
+
+class StudyASHA(FIFOScheduler):
+    """One ASHA per study: a trial is compared only with trials of its own study (their MRR scales differ)."""
+
+    def __init__(self, **asha: Any):
+        super().__init__()
+        self._asha_options = asha
+        self._per_study: dict[str, ResumableASHA] = {}
+
+    def _asha(self, trial: Any) -> "ResumableASHA":
+        study = trial.config.get(STUDY_KEY, "")
+        if study not in self._per_study:
+            self._per_study[study] = ResumableASHA(**self._asha_options)
+        return self._per_study[study]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self._asha(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._asha(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._asha(trial).on_trial_remove(tune_controller, trial)
 
 
 class ResumableASHA(ASHAScheduler):
@@ -280,6 +398,29 @@ def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[
     return changed
 
 
-def replace_searcher(tuner: Any, searcher: DurableOptunaSearch) -> None:
+def replace_searcher(tuner: Any, searcher: Searcher) -> None:
     """Put a searcher bound to this search folder into a restored Tuner (Tune then restores its state into it)."""
     tuner._local_tuner._tune_config.search_alg = searcher
+
+
+def reopen_search(fs: pyarrow.fs.FileSystem, experiment: str) -> bool:
+    """Let a restored experiment ask for trials again after its searcher had said it was finished.
+
+    Tune saves that its search generator is finished; a budget raised on resume needs it open again.
+    """
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+    except OSError:
+        return False
+    states = sorted(e.path for e in entries if e.base_name.startswith("search_gen_state-"))
+    if not states:
+        return False
+    import ray.cloudpickle as cloudpickle  # the format Tune saves its search generator state in
+    with fs.open_input_stream(states[-1]) as f:
+        state = cloudpickle.loads(f.readall())
+    if not state.get("finished"):
+        return False
+    state["finished"] = False
+    with fs.open_output_stream(states[-1]) as f:
+        f.write(cloudpickle.dumps(state))
+    return True

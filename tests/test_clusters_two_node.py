@@ -254,7 +254,7 @@ def test_search_job_spreads_over_two_nodes_and_resumes_on_retry(cluster, tmp_pat
     assert json.loads((search / "search.json").read_text())["name"] == NAME
     for name in ["results.csv", "results.md", f"{STUDY}_best.py", f"{STUDY}_best.model", f"{STUDY}_result.json"]:
         assert (search / name).is_file(), name
-    experiment = search / STUDY
+    experiment = search / "trials"
     assert list(experiment.glob("experiment_state-*.json"))
     pids = trial_pids(experiment)
     assert len(pids) == TRIALS and all(pids.values()), pids

@@ -44,7 +44,7 @@ class Search:
         self.tmp = tmp_path
         self.store = tmp_path / "store"
         self.folder = self.store / "chaos"
-        self.experiment = self.folder / "xe_shared"
+        self.experiment = self.folder / "trials"
         self.optuna_url = optuna_url
         self.procs: list[subprocess.Popen] = []
 
@@ -189,7 +189,7 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     bound = json.loads((search.folder / "search.json").read_text())["disk_bound"]
     size = sum(p.stat().st_size for p in search.experiment.rglob("*") if p.is_file())
     assert 0 < size < bound, (size, bound)
-    assert "disk: checkpoints of a study stay below" in (search.tmp / "run.log").read_text()
+    assert "disk: checkpoints stay below" in (search.tmp / "run.log").read_text()
     table = (search.folder / "results.md").read_text()
     assert "| xe_shared |" in table and "baseline: markov" in table
     status = subprocess.run([BIN / "gru4rec-search", "status", "chaos", "--storage", search.store],

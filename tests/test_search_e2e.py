@@ -95,7 +95,7 @@ def test_search_end_to_end(tmp_path, spawn, capsys):
         for t in complete:
             assert sorted(t.intermediate_values) == [1, 2, 3] and t.value == t.intermediate_values[3]
         assert (folder / f"{study}_history.png").stat().st_size > 0
-        assert list((folder / study).glob("trial_*/events.out.tfevents.*")), "no TensorBoard logs"
+    assert list((folder / "trials").glob("trial_*/events.out.tfevents.*")), "no TensorBoard logs"
 
     # The exported paramfiles, run by `gru4rec run`, reproduce the test metrics of the winner's retrain with
     # the paramfile's seed exactly (the table reports the mean over seeds).

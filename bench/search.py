@@ -1,0 +1,358 @@
+"""The search engine at cluster concurrency on a small machine: the platform's own Tune + Optuna + ASHA
+machinery, with trials that answer from a surrogate of real learning curves and sleep a scaled epoch time.
+
+    .venv/bin/python bench/record_curves.py     # once: the real curves (bench/data/curves.parquet)
+    .venv/bin/python bench/search.py            # the benchmark: tables, plots in bench/figures/, JSON
+    .venv/bin/python bench/search.py --quick    # a small end-to-end run
+
+Experiments (each repeated with different seeds):
+- concurrency: the platform (TPE with constant liar, multivariate, start-up trials = max(10, concurrency),
+  and ASHA), TPE with Optuna's defaults and ASHA, random search and ASHA, and TPE at full budget (no early
+  stopping, the official paropt way), at 1, 8, 32 and 64 trials in flight;
+- studies: six studies on one set of slots, sharing them, one after another in one experiment, and
+  one experiment after another (the previous platform);
+- warm start: the published best configs first, against a cold start.
+Reported: regret (the pool's best final MRR@20 minus the best final MRR@20 of a config the search ran to its
+last epoch, relative), epochs used against a full-budget search of the same trial count, wall time,
+utilisation (busy slot-seconds over available slot-seconds) and the platform's overhead per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# This file's name is that of the platform's package: import the package first, then the bench's modules.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import optuna  # noqa: E402
+import ray  # noqa: E402
+import ray.cloudpickle  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune import CheckpointConfig, RunConfig, TuneConfig, Tuner  # noqa: E402
+from ray.tune.logger import TBXLoggerCallback  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler  # noqa: E402
+
+from search.ledger import METRIC  # noqa: E402
+from search.spaces import load_space, plan_study, default_space_file  # noqa: E402
+from search.study import KEEP_CHECKPOINTS, tpe_sampler  # noqa: E402
+from search.trainable import MODE  # noqa: E402
+from search.tune_ext import STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux  # noqa: E402
+from search.warmstart import warm_configs  # noqa: E402
+
+sys.path.append(str(HERE))
+import surrogate as surrogate_module  # noqa: E402
+from surrogate import Surrogate  # noqa: E402
+
+CURVES = HERE / "data" / "curves.parquet"
+RESULTS = HERE / "results"
+FIGURES = HERE / "figures"
+POOLS = {"rsc15 xe": ("rsc15_100k", "xe_shared", "cross-entropy"),
+         "rsc15 bpr-max": ("rsc15_100k", "bprmax_shared", "bpr-max"),
+         "globo xe": ("globo_g1", "xe_shared", "cross-entropy")}
+METHODS = ("platform", "tpe defaults + asha", "random + asha", "tpe full budget")
+GRACE, REDUCTION = 1, 3  # the platform's ASHA defaults
+
+
+def surrogates(curves_path: Path) -> dict[str, Surrogate]:
+    import pandas as pd
+    curves = pd.read_parquet(curves_path)
+    found = {}
+    for label, (dataset, study, loss) in POOLS.items():
+        pool = curves[(curves["dataset"] == dataset) & (curves["study"] == study)]
+        if pool["config_id"].nunique() >= 8:
+            found[label] = Surrogate(pool, load_space(default_space_file(loss)))
+    return found
+
+
+def simulated_trial(config: dict[str, Any], pools: dict[str, Surrogate], scale: float, checkpoint_kb: int) -> None:
+    """A trial of the surrogate: per epoch, sleep the scaled recorded time, save a small checkpoint, report."""
+    pool = pools[config[STUDY_KEY]]
+    params = {k: v for k, v in config.items() if k != STUDY_KEY}
+    mrr, seconds, diverged = pool.curve(params)
+    start = tune.get_checkpoint()
+    first = 0
+    if start is not None:
+        with start.as_directory() as directory:
+            first = int((Path(directory) / "epoch").read_text())
+    for epoch in range(first, pool.epochs):
+        time.sleep(seconds[epoch] * scale)
+        if diverged and epoch + 1 >= diverged:
+            tune.report({METRIC: 0.0, "epoch": epoch + 1, "diverged": 1})
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            (Path(directory) / "epoch").write_text(str(epoch + 1))
+            (Path(directory) / "state").write_bytes(b"\0" * (checkpoint_kb << 10))
+            tune.report({METRIC: float(mrr[epoch]), "epoch": epoch + 1},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+@dataclass
+class Outcome:
+    """One simulated search."""
+
+    method: str
+    concurrency: int
+    seed: int
+    trials: int
+    regret: float  # relative to the pool's best final MRR@20
+    epochs: int
+    wall_s: float
+    busy_s: float
+    slots: int
+    order: list[float] = field(default_factory=list)  # true final MRR of complete trials, in asking order
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy_s / (self.slots * self.wall_s)
+
+    @property
+    def overhead_s(self) -> float:
+        """Slot-seconds per trial not spent training: scheduling, checkpoints, reports, idle tails."""
+        return (self.slots * self.wall_s - self.busy_s) / self.trials
+
+
+def sampler_for(method: str, seed: int, concurrency: int) -> optuna.samplers.BaseSampler:
+    if method == "random + asha":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if method == "tpe defaults + asha":
+        return optuna.samplers.TPESampler(seed=seed)
+    return tpe_sampler(seed, concurrency)
+
+
+def run_tuner(studies: dict[str, tuple[Surrogate, str]], method: str, concurrency: int, seed: int, trials: int,
+              scale: float, policy: str = "shared", warm: dict[str, list] | None = None,
+              checkpoint_kb: int = 64) -> tuple[float, list[Any], dict[str, DurableOptunaSearch]]:
+    """One Tune experiment over the given studies, built like the platform's; returns wall, results, searchers."""
+    searchers = {name: DurableOptunaSearch(pool.space, metric=METRIC, mode=MODE,
+                                           sampler=sampler_for(method, seed + i, concurrency),
+                                           points_to_evaluate=(warm or {}).get(name), n_epochs=pool.epochs,
+                                           experiment=name)
+                 for i, (name, (pool, _)) in enumerate(studies.items())}
+    mux = StudyMux(searchers, {name: trials for name in studies}, policy, METRIC, MODE)
+    epochs = next(iter(studies.values()))[0].epochs
+    scheduler = FIFOScheduler() if method == "tpe full budget" else StudyASHA(
+        time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=epochs, grace_period=GRACE,
+        reduction_factor=REDUCTION)
+    trainable = tune.with_resources(tune.with_parameters(
+        simulated_trial, pools={name: pool for name, (pool, _) in studies.items()}, scale=scale,
+        checkpoint_kb=checkpoint_kb), {"cpu": 1})
+    with tempfile.TemporaryDirectory(prefix="gru4rec-bench-") as storage:
+        tuner = Tuner(trainable, tune_config=TuneConfig(search_alg=mux, scheduler=scheduler, num_samples=-1,
+                                                        max_concurrent_trials=concurrency, reuse_actors=True),
+                      run_config=RunConfig(name="bench", storage_path=storage, verbose=0,
+                                           checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                                           callbacks=[TBXLoggerCallback(), CheckpointJanitor()]))
+        start = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - start
+        results = [r for r in grid]
+    return wall, results, searchers
+
+
+def measure(results: list[Any], searchers: dict[str, DurableOptunaSearch], pools: dict[str, Surrogate],
+            study: str) -> tuple[float, int, float, list[float]]:
+    """Regret, epochs, busy seconds and the asking-order finals of one study's trials."""
+    pool = pools[study]
+    mine = [r for r in results if r.config.get(STUDY_KEY) == study]
+    complete = {r.metrics["trial_id"]: pool.final({k: v for k, v in r.config.items() if k != STUDY_KEY})
+                for r in mine if r.metrics.get("epoch", 0) >= pool.epochs and not r.metrics.get("diverged")}
+    found = max(complete.values(), default=0.0)
+    epochs = sum(int(r.metrics.get("training_iteration", 0)) for r in mine)
+    busy = sum(float(r.metrics.get("time_total_s", 0.0)) for r in mine)
+    order = [complete.get(tid, float("nan")) for tid in searchers[study]._ot_trials]
+    return (pool.best_final - found) / pool.best_final, epochs, busy, order
+
+
+def concurrency_sweep(pools: dict[str, Surrogate], label: str, concurrencies: list[int], methods: list[str],
+                      seeds: int, trials: int, scale: float) -> list[Outcome]:
+    outcomes = []
+    pool = pools[label]
+    for seed in range(seeds):
+        for concurrency in concurrencies:
+            for method in methods:
+                wall, results, searchers = run_tuner({label: (pool, "")}, method, concurrency, seed * 1000, trials,
+                                                     scale)
+                regret, epochs, busy, order = measure(results, searchers, {label: pool}, label)
+                outcomes.append(Outcome(method, concurrency, seed, trials, regret, epochs, wall, busy, concurrency,
+                                        order))
+                o = outcomes[-1]
+                print(f"  {label} | {method:20s} | c={concurrency:2d} seed={seed}: regret {100 * regret:.2f}%, "
+                      f"{epochs} epochs, {wall:.1f} s, utilisation {o.utilisation:.2f}", flush=True)
+    return outcomes
+
+
+def study_sharing(pools: dict[str, Surrogate], concurrency: int, seeds: int, trials: int,
+                  scale: float) -> list[dict[str, Any]]:
+    """Six studies (the pools, twice over) on `concurrency` slots: shared, sequential, separate experiments."""
+    labels = list(pools)
+    six = {f"{labels[i % len(labels)]} #{i // len(labels) + 1}": (pools[labels[i % len(labels)]], "")
+           for i in range(6)}
+    rows = []
+    for seed in range(seeds):
+        for mode in ("shared", "sequential", "separate experiments"):
+            busy = 0.0
+            start = time.perf_counter()
+            if mode == "separate experiments":
+                for name, study in six.items():
+                    _, results, _ = run_tuner({name: study}, "platform", concurrency, seed * 1000, trials, scale)
+                    busy += sum(float(r.metrics.get("time_total_s", 0.0)) for r in results)
+            else:
+                _, results, _ = run_tuner(six, "platform", concurrency, seed * 1000, trials, scale, policy=mode)
+                busy = sum(float(r.metrics.get("time_total_s", 0.0)) for r in results)
+            wall = time.perf_counter() - start
+            rows.append({"mode": mode, "seed": seed, "wall_s": wall, "utilisation": busy / (concurrency * wall)})
+            print(f"  six studies | {mode:20s} | c={concurrency} seed={seed}: {wall:.1f} s, utilisation "
+                  f"{rows[-1]['utilisation']:.2f}", flush=True)
+    return rows
+
+
+def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds: int, trials: int,
+               scale: float) -> dict[str, list[list[float]]]:
+    """Best-so-far true final MRR@20 by trial, cold and warm-started from the published configs."""
+    dataset, study, loss = POOLS[label]
+    plan = plan_study(loss, "shared", 10, load_space(default_space_file(loss)), {})
+    pool = pools[label]
+    curves: dict[str, list[list[float]]] = {"cold": [], "warm (published best)": []}
+    for seed in range(seeds):
+        for kind, warm in (("cold", None), ("warm (published best)", {label: warm_configs(["best"], "", plan)})):
+            _, results, searchers = run_tuner({label: (pool, "")}, "platform", concurrency, seed * 1000, trials,
+                                              scale, warm=warm)
+            order = measure(results, searchers, {label: pool}, label)[3]
+            best, line = 0.0, []
+            for value in order:
+                best = max(best, value) if value == value else best
+                line.append(best)
+            curves[kind].append(line)
+            print(f"  warm start | {kind:22s} | seed={seed}: best {best:.4f} of pool {pool.best_final:.4f}",
+                  flush=True)
+    return curves
+
+
+def trials_to_reach(line: list[float], target: float) -> int | None:
+    return next((i + 1 for i, v in enumerate(line) if v >= target), None)
+
+
+def summarise(outcomes: list[Outcome], label: str, pool: Surrogate) -> list[dict[str, Any]]:
+    rows = []
+    for method in METHODS:
+        for concurrency in sorted({o.concurrency for o in outcomes}):
+            mine = [o for o in outcomes if o.method == method and o.concurrency == concurrency]
+            if not mine:
+                continue
+            budget = mine[0].trials * pool.epochs
+            rows.append({"pool": label, "method": method, "concurrency": concurrency, "reps": len(mine),
+                         "median regret %": 100 * statistics.median(o.regret for o in mine),
+                         "worst regret %": 100 * max(o.regret for o in mine),
+                         "epochs % of full budget": 100 * statistics.median(o.epochs for o in mine) / budget,
+                         "median wall s": statistics.median(o.wall_s for o in mine),
+                         "utilisation": statistics.median(o.utilisation for o in mine),
+                         "overhead s / trial": statistics.median(o.overhead_s for o in mine)})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    return "\n".join(lines)
+
+
+def plot(outcomes: list[Outcome], label: str, curves: dict[str, list[list[float]]] | None, pool: Surrogate,
+         path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 2 if curves else 1, figsize=(12 if curves else 6, 4.5), squeeze=False)
+    ax = axes[0][0]
+    budget = outcomes[0].trials * pool.epochs
+    markers = dict(zip(METHODS, "osD^"))
+    for method in METHODS:
+        for concurrency in sorted({o.concurrency for o in outcomes}):
+            mine = [o for o in outcomes if o.method == method and o.concurrency == concurrency]
+            if mine:
+                ax.scatter([100 * o.epochs / budget for o in mine], [100 * o.regret for o in mine],
+                           marker=markers[method], s=18 + concurrency, alpha=0.6,
+                           label=f"{method}, c={concurrency}")
+    ax.set(xlabel="epochs used, % of a full-budget search", ylabel="regret, % of the pool's best MRR@20",
+           title=f"{label}: regret against cost (marker size: concurrency)")
+    ax.legend(fontsize=6, ncol=2)
+    if curves:
+        ax = axes[0][1]
+        for kind, lines in curves.items():
+            n = min(len(line) for line in lines)
+            median = [statistics.median(line[i] for line in lines) for i in range(n)]
+            ax.plot(range(1, n + 1), median, label=kind)
+        ax.axhline(0.99 * pool.best_final, color="grey", linestyle=":", label="pool best - 1%")
+        ax.set(xlabel="trials asked", ylabel="best final MRR@20 so far (median)", title=f"{label}: warm start")
+        ax.legend()
+    FIGURES.mkdir(exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--curves", type=Path, default=CURVES)
+    p.add_argument("--pools", default="rsc15 xe", help=f"comma-separated: {', '.join(POOLS)}")
+    p.add_argument("--concurrency", default="1,8,32,64")
+    p.add_argument("--seeds", type=int, default=10, help="repetitions per setting")
+    p.add_argument("--trials", type=int, default=100, help="trials per search")
+    p.add_argument("--scale", type=float, default=1 / 300, help="sleep = recorded epoch seconds x scale")
+    p.add_argument("--experiments", default="concurrency,studies,warm")
+    p.add_argument("--quick", action="store_true", help="a small end-to-end run: 2 seeds, 12 trials, c = 1, 4")
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.trials, args.concurrency, args.scale = 2, 12, "1,4", 1 / 3000
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    ray.cloudpickle.register_pickle_by_value(surrogate_module)  # workers need not find bench/ on their path
+    if __name__ != "__main__":
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pools = surrogates(args.curves)
+    labels = [label.strip() for label in args.pools.split(",") if label.strip() in pools]
+    if not labels:
+        raise SystemExit(f"{args.curves}: no pool with 8 or more recorded configs among {args.pools}")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    ray.init(num_cpus=max(concurrencies), include_dashboard=False, log_to_driver=False)
+    report: dict[str, Any] = {"args": vars(args) | {"curves": str(args.curves)}, "tables": {}}
+    experiments = args.experiments.split(",")
+    for label in labels:
+        pool = pools[label]
+        print(f"{label}: {len(pool.configs)} recorded configs, best final MRR@20 {pool.best_final:.4f}, "
+              f"mean epoch {pool.mean_epoch_seconds:.1f} s (slept x {args.scale:g})", flush=True)
+        outcomes = concurrency_sweep(pools, label, concurrencies, list(METHODS), args.seeds, args.trials,
+                                     args.scale) if "concurrency" in experiments else []
+        curves = warm_start(pools, label, concurrencies[min(1, len(concurrencies) - 1)], args.seeds,
+                            args.trials, args.scale) if "warm" in experiments and label == labels[0] else None
+        if outcomes:
+            rows = summarise(outcomes, label, pool)
+            report["tables"][label] = rows
+            report[f"outcomes {label}"] = [o.__dict__ for o in outcomes]
+            print(markdown(rows))
+            plot(outcomes, label, curves, pool, FIGURES / f"search-{label.replace(' ', '-')}.png")
+        if curves:
+            target = 0.99 * pool.best_final
+            reach = {kind: [trials_to_reach(line, target) for line in lines] for kind, lines in curves.items()}
+            report["warm start"] = {"target": target, "trials to reach": reach, "curves": curves}
+            print(f"trials to reach {target:.4f} (pool best - 1%): {reach}")
+    if "studies" in experiments:
+        rows = study_sharing({k: pools[k] for k in labels} if len(labels) > 1 else pools,
+                             max(concurrencies), max(1, args.seeds // 3), max(8, args.trials // 2), args.scale * 3)
+        report["studies"] = rows
+        print(markdown(rows))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"search-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1, default=float))
+    print(f"results written to {path}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
