@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search.ledger import METRIC  # noqa: E402
 from search.spaces import load_space, plan_study, default_space_file  # noqa: E402
-from search.study import KEEP_CHECKPOINTS, tpe_sampler  # noqa: E402
+from search.study import KEEP_CHECKPOINTS, TUNE_ENVIRONMENT, tpe_sampler  # noqa: E402
 from search.trainable import MODE  # noqa: E402
 from search.tune_ext import STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux  # noqa: E402
 from search.warmstart import warm_configs  # noqa: E402
@@ -76,6 +77,7 @@ def simulated_trial(config: dict[str, Any], pools: dict[str, Surrogate], scale: 
     pool = pools[config[STUDY_KEY]]
     params = {k: v for k, v in config.items() if k != STUDY_KEY}
     mrr, seconds, diverged = pool.curve(params)
+    begin = time.time()
     start = tune.get_checkpoint()
     first = 0
     if start is not None:
@@ -84,12 +86,12 @@ def simulated_trial(config: dict[str, Any], pools: dict[str, Surrogate], scale: 
     for epoch in range(first, pool.epochs):
         time.sleep(seconds[epoch] * scale)
         if diverged and epoch + 1 >= diverged:
-            tune.report({METRIC: 0.0, "epoch": epoch + 1, "diverged": 1})
+            tune.report({METRIC: 0.0, "epoch": epoch + 1, "diverged": 1, "t_begin": begin, "t_now": time.time()})
             return
         with tempfile.TemporaryDirectory() as directory:
             (Path(directory) / "epoch").write_text(str(epoch + 1))
             (Path(directory) / "state").write_bytes(b"\0" * (checkpoint_kb << 10))
-            tune.report({METRIC: float(mrr[epoch]), "epoch": epoch + 1},
+            tune.report({METRIC: float(mrr[epoch]), "epoch": epoch + 1, "t_begin": begin, "t_now": time.time()},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
 
@@ -107,6 +109,7 @@ class Outcome:
     busy_s: float
     slots: int
     order: list[float] = field(default_factory=list)  # true final MRR of complete trials, in asking order
+    steady: float = 0.0  # utilisation once every slot had started its first trial (actor start-up excluded)
 
     @property
     def utilisation(self) -> float:
@@ -156,6 +159,25 @@ def run_tuner(studies: dict[str, tuple[Surrogate, str]], method: str, concurrenc
     return wall, results, searchers
 
 
+def busy_spans(results: list[Any]) -> list[tuple[float, float]]:
+    """(start, end) wall-clock of every trial's last attempt."""
+    return [(r.metrics["t_begin"], r.metrics["t_now"]) for r in results if "t_begin" in r.metrics]
+
+
+def steady_utilisation(spans: list[tuple[float, float]], slots: int) -> float:
+    """Busy slot-seconds over available ones from the moment every slot had begun a trial to the last end.
+
+    Excludes the start of the trial actors, which a 2-core machine pays for dozens of actors at once
+    (a cluster starts them on many nodes in parallel, in a second or two).
+    """
+    if len(spans) < slots:
+        return float("nan")
+    full = sorted(start for start, _ in spans)[slots - 1]
+    end = max(e for _, e in spans)
+    busy = sum(max(0.0, e - max(start, full)) for start, e in spans)
+    return busy / (slots * (end - full)) if end > full else float("nan")
+
+
 def measure(results: list[Any], searchers: dict[str, DurableOptunaSearch], pools: dict[str, Surrogate],
             study: str) -> tuple[float, int, float, list[float]]:
     """Regret, epochs, busy seconds and the asking-order finals of one study's trials."""
@@ -165,7 +187,7 @@ def measure(results: list[Any], searchers: dict[str, DurableOptunaSearch], pools
                 for r in mine if r.metrics.get("epoch", 0) >= pool.epochs and not r.metrics.get("diverged")}
     found = max(complete.values(), default=0.0)
     epochs = sum(int(r.metrics.get("training_iteration", 0)) for r in mine)
-    busy = sum(float(r.metrics.get("time_total_s", 0.0)) for r in mine)
+    busy = sum(e - b for b, e in busy_spans(mine))
     order = [complete.get(tid, float("nan")) for tid in searchers[study]._ot_trials]
     return (pool.best_final - found) / pool.best_final, epochs, busy, order
 
@@ -181,7 +203,7 @@ def concurrency_sweep(pools: dict[str, Surrogate], label: str, concurrencies: li
                                                      scale)
                 regret, epochs, busy, order = measure(results, searchers, {label: pool}, label)
                 outcomes.append(Outcome(method, concurrency, seed, trials, regret, epochs, wall, busy, concurrency,
-                                        order))
+                                        order, steady_utilisation(busy_spans(results), concurrency)))
                 o = outcomes[-1]
                 print(f"  {label} | {method:20s} | c={concurrency:2d} seed={seed}: regret {100 * regret:.2f}%, "
                       f"{epochs} epochs, {wall:.1f} s, utilisation {o.utilisation:.2f}", flush=True)
@@ -197,19 +219,25 @@ def study_sharing(pools: dict[str, Surrogate], concurrency: int, seeds: int, tri
     rows = []
     for seed in range(seeds):
         for mode in ("shared", "sequential", "separate experiments"):
-            busy = 0.0
+            spans: list[tuple[float, float]] = []
             start = time.perf_counter()
             if mode == "separate experiments":
+                steady = []
                 for name, study in six.items():
                     _, results, _ = run_tuner({name: study}, "platform", concurrency, seed * 1000, trials, scale)
-                    busy += sum(float(r.metrics.get("time_total_s", 0.0)) for r in results)
+                    spans += busy_spans(results)
+                    steady.append(steady_utilisation(busy_spans(results), concurrency))
+                busy = sum(e - b for b, e in spans)  # steady: each experiment's start-up excluded, not its tail
             else:
                 _, results, _ = run_tuner(six, "platform", concurrency, seed * 1000, trials, scale, policy=mode)
-                busy = sum(float(r.metrics.get("time_total_s", 0.0)) for r in results)
+                spans = busy_spans(results)
+                busy = sum(e - b for b, e in spans)
             wall = time.perf_counter() - start
-            rows.append({"mode": mode, "seed": seed, "wall_s": wall, "utilisation": busy / (concurrency * wall)})
+            rows.append({"mode": mode, "seed": seed, "wall_s": wall, "utilisation": busy / (concurrency * wall),
+                         "steady utilisation": steady_utilisation(spans, concurrency) if mode != "separate experiments"
+                         else statistics.fmean(steady)})
             print(f"  six studies | {mode:20s} | c={concurrency} seed={seed}: {wall:.1f} s, utilisation "
-                  f"{rows[-1]['utilisation']:.2f}", flush=True)
+                  f"{rows[-1]['utilisation']:.2f} (steady {rows[-1]['steady utilisation']:.2f})", flush=True)
     return rows
 
 
@@ -253,6 +281,7 @@ def summarise(outcomes: list[Outcome], label: str, pool: Surrogate) -> list[dict
                          "epochs % of full budget": 100 * statistics.median(o.epochs for o in mine) / budget,
                          "median wall s": statistics.median(o.wall_s for o in mine),
                          "utilisation": statistics.median(o.utilisation for o in mine),
+                         "steady utilisation": statistics.median(o.steady for o in mine),
                          "overhead s / trial": statistics.median(o.overhead_s for o in mine)})
     return rows
 
@@ -320,6 +349,7 @@ def main() -> None:
     if not labels:
         raise SystemExit(f"{args.curves}: no pool with 8 or more recorded configs among {args.pools}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    os.environ.update(TUNE_ENVIRONMENT)  # snapshots as often as the platform takes them
     ray.init(num_cpus=max(concurrencies), include_dashboard=False, log_to_driver=False)
     report: dict[str, Any] = {"args": vars(args) | {"curves": str(args.curves)}, "tables": {}}
     experiments = args.experiments.split(",")
