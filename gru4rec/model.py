@@ -120,13 +120,7 @@ class GRU4Rec(nn.Module):
         p_hidden = cfg.dropout_p_hidden if generator is not None else 0.0
         first = 0
         if self.mode == "none":
-            h = hidden[0]
-            xn, xr, xz = (x + self.b0).chunk(3, dim=1)
-            hr, hz = (h @ self.Urz0).chunk(2, dim=1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + (r * h) @ self.Un0)
-            x = dropout((1 - z) * h + z * n, p_embed, generator)
+            x = dropout(self._one_hot_layer(x, hidden[0])[-1], p_embed, generator)
             hidden[0] = x
             first = 1
         else:
@@ -135,6 +129,16 @@ class GRU4Rec(nn.Module):
             x = dropout(cell(x, hidden[i]), p_hidden, generator)
             hidden[i] = x
         return x
+
+    def _one_hot_layer(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The original GRU layer of mode none on the input rows `x` (its input product): r, z, n, r*h, h'."""
+        xn, xr, xz = (x + self.b0).chunk(3, dim=1)
+        hr, hz = (h @ self.Urz0).chunk(2, dim=1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        rh = r * h
+        n = torch.tanh(torch.addmm(xn, rh, self.Un0))
+        return r, z, n, rh, torch.lerp(h, n, z)
 
     @torch.no_grad()
     def train_forward(self, x: torch.Tensor, hidden: list[torch.Tensor],
@@ -148,13 +152,7 @@ class GRU4Rec(nn.Module):
         first = 0
         if self.mode == "none":
             h = hidden[0]
-            xn, xr, xz = (x + self.b0).chunk(3, dim=1)
-            hr, hz = (h @ self.Urz0).chunk(2, dim=1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            rh = r * h
-            n = torch.tanh(torch.addmm(xn, rh, self.Un0))
-            out = torch.lerp(h, n, z)
+            r, z, n, rh, out = self._one_hot_layer(x, h)
             mask = dropout_mask(out, cfg.dropout_p_embed, generator) if cfg.dropout_p_embed > 0 else None
             x = out if mask is None else out * mask
             hidden[0] = x

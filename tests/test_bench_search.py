@@ -1,0 +1,78 @@
+"""The search benchmark: its surrogate of recorded learning curves, and one small end-to-end run."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.append(str(BENCH))
+from surrogate import Surrogate  # noqa: E402
+
+SPACE = {"layers": IntDistribution(64, 512, step=32), "learning_rate": FloatDistribution(0.01, 0.25, step=0.005),
+         "elu_param": CategoricalDistribution([0.5, 1, 0])}
+
+
+def curves(configs: list[dict], finals: list[float], diverge: dict[int, int] | None = None) -> pd.DataFrame:
+    rows = []
+    for i, (params, final) in enumerate(zip(configs, finals)):
+        for epoch in range(1, 5):
+            diverged = (diverge or {}).get(i) == epoch
+            rows.append({"dataset": "d", "study": "xe_shared", "config_id": i, "origin": "random",
+                         "params": json.dumps(params), "epoch": epoch, "mrr": 0.0 if diverged else final * epoch / 4,
+                         "recall": 0.0, "loss": 1.0, "train_s": 10.0 * (i + 1), "eval_s": 1.0, "diverged": diverged})
+            if diverged:
+                break
+    return pd.DataFrame(rows)
+
+
+CONFIGS = [{"layers": 64, "learning_rate": 0.01, "elu_param": 0.5}, {"layers": 512, "learning_rate": 0.25,
+                                                                     "elu_param": 0.5},
+           {"layers": 288, "learning_rate": 0.13, "elu_param": 1}]
+
+
+def test_a_recorded_config_gets_its_recorded_curve():
+    pool = Surrogate(curves(CONFIGS, [0.2, 0.3, 0.4]), SPACE)
+    for i, params in enumerate(CONFIGS):
+        mrr, seconds, diverged = pool.curve(params)
+        np.testing.assert_allclose(mrr, [0.2, 0.3, 0.4][i] * np.arange(1, 5) / 4)
+        np.testing.assert_allclose(seconds, 10.0 * (i + 1) + 1.0)
+        assert diverged == 0
+    assert pool.best_final == pytest.approx(0.4)
+
+
+def test_other_configs_blend_their_nearest_recorded_curves():
+    pool = Surrogate(curves(CONFIGS[:2], [0.2, 0.3]), SPACE, k=2)
+    near_first = pool.final({"layers": 96, "learning_rate": 0.02, "elu_param": 0.5})
+    middle = pool.final({"layers": 288, "learning_rate": 0.13, "elu_param": 0.5})
+    assert 0.2 < near_first < middle < 0.3 and middle == pytest.approx(0.25, abs=1e-6)  # equidistant: the mean
+    other_category = pool.final({"layers": 96, "learning_rate": 0.02, "elu_param": 1})
+    assert near_first < other_category < 0.3  # a different category is farther from the first config
+
+
+def test_a_config_next_to_a_diverged_one_diverges_there():
+    pool = Surrogate(curves(CONFIGS, [0.2, 0.3, 0.4], diverge={1: 2}), SPACE)
+    mrr, seconds, diverged = pool.curve(CONFIGS[1])
+    assert diverged == 2 and (mrr[1:] == 0).all() and (seconds[2:] == 0).all()
+    assert pool.final({"layers": 480, "learning_rate": 0.24, "elu_param": 0.5}) == 0.0
+    assert pool.best_final == pytest.approx(0.4)
+
+
+@pytest.mark.skipif(not (BENCH / "data" / "curves.parquet").is_file(), reason="no recorded curves")
+def test_the_benchmark_runs_end_to_end_at_small_size(tmp_path):
+    run = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick", "--experiments", "concurrency",
+                          "--concurrency", "1,2", "--seeds", "1", "--trials", "8"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = [line for line in run.stdout.splitlines() if line.startswith("| rsc15 xe |")]
+    assert len(table) == 8  # four methods at two concurrencies
+    full = [line for line in table if "tpe full budget" in line]
+    assert all("| 100.00 |" in line for line in full)  # a full-budget search trains every epoch
+    written = Path(run.stdout.strip().splitlines()[-1].split("results written to ")[1])
+    report = json.loads(written.read_text())
+    assert {row["concurrency"] for row in report["tables"]["rsc15 xe"]} == {1, 2}
+    written.unlink()
