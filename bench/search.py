@@ -4,6 +4,10 @@ machinery, with trials that answer from a surrogate of real learning curves and 
     .venv/bin/python bench/record_curves.py     # once: the real curves (bench/data/curves.parquet)
     .venv/bin/python bench/search.py            # the benchmark: tables, plots in bench/figures/, JSON
     .venv/bin/python bench/search.py --quick    # a small end-to-end run
+    .venv/bin/python bench/search.py --log bench/results/search-X.jsonl   # resume a run killed half-way
+
+Every finished search is appended to the run's log (JSON lines) at once; a run given an existing log skips
+the settings it holds, and the tables and plots are made from the whole log.
 
 Experiments (each repeated with different seeds):
 - concurrency: the platform (TPE with constant liar, multivariate, start-up trials = max(10, concurrency),
@@ -53,8 +57,6 @@ import surrogate as surrogate_module  # noqa: E402
 from surrogate import Surrogate  # noqa: E402
 
 CURVES = HERE / "data" / "curves.parquet"
-RESULTS = HERE / "results"
-FIGURES = HERE / "figures"
 POOLS = {"rsc15 xe": ("rsc15_100k", "xe_shared", "cross-entropy"),
          "rsc15 bpr-max": ("rsc15_100k", "bprmax_shared", "bpr-max"),
          "globo xe": ("globo_g1", "xe_shared", "cross-entropy")}
@@ -193,26 +195,50 @@ def measure(results: list[Any], searchers: dict[str, DurableOptunaSearch], pools
     return (pool.best_final - found) / pool.best_final, epochs, busy, order
 
 
+class Log:
+    """The run's records, one JSON line per finished search, appended as each finishes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+            if path.is_file() else []
+
+    def find(self, **key: Any) -> dict[str, Any] | None:
+        return next((r for r in self.records if all(r.get(k) == v for k, v in key.items())), None)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
 def concurrency_sweep(pools: dict[str, Surrogate], label: str, concurrencies: list[int], methods: list[str],
-                      seeds: int, trials: int, scale: float) -> list[Outcome]:
+                      seeds: int, trials: int, scale: float, log: Log) -> list[Outcome]:
     outcomes = []
     pool = pools[label]
     for seed in range(seeds):
         for concurrency in concurrencies:
             for method in methods:
-                wall, results, searchers = run_tuner({label: (pool, "")}, method, concurrency, seed * 1000, trials,
-                                                     scale)
-                regret, epochs, busy, order = measure(results, searchers, {label: pool}, label)
-                outcomes.append(Outcome(method, concurrency, seed, trials, regret, epochs, wall, busy, concurrency,
-                                        order, steady_utilisation(busy_spans(results), concurrency)))
-                o = outcomes[-1]
-                print(f"  {label} | {method:20s} | c={concurrency:2d} seed={seed}: regret {100 * regret:.2f}%, "
-                      f"{epochs} epochs, {wall:.1f} s, utilisation {o.utilisation:.2f}", flush=True)
+                key = {"kind": "concurrency", "pool": label, "method": method, "concurrency": concurrency,
+                       "seed": seed, "trials": trials}
+                if (done := log.find(**key)) is None:
+                    wall, results, searchers = run_tuner({label: (pool, "")}, method, concurrency, seed * 1000,
+                                                         trials, scale)
+                    regret, epochs, busy, order = measure(results, searchers, {label: pool}, label)
+                    o = Outcome(method, concurrency, seed, trials, regret, epochs, wall, busy, concurrency, order,
+                                steady_utilisation(busy_spans(results), concurrency))
+                    log.add(key | o.__dict__)
+                    print(f"  {label} | {method:20s} | c={concurrency:2d} seed={seed}: regret {100 * regret:.2f}%, "
+                          f"{epochs} epochs, {wall:.1f} s, utilisation {o.utilisation:.2f}", flush=True)
+                else:
+                    o = Outcome(**{k: v for k, v in done.items() if k in Outcome.__dataclass_fields__})
+                outcomes.append(o)
     return outcomes
 
 
 def study_sharing(pools: dict[str, Surrogate], concurrency: int, seeds: int, trials: int,
-                  scale: float) -> list[dict[str, Any]]:
+                  scale: float, log: Log) -> list[dict[str, Any]]:
     """Six studies (the pools, twice over) on `concurrency` slots: shared, sequential, separate experiments."""
     labels = list(pools)
     six = {f"{labels[i % len(labels)]} #{i // len(labels) + 1}": (pools[labels[i % len(labels)]], "")
@@ -220,6 +246,10 @@ def study_sharing(pools: dict[str, Surrogate], concurrency: int, seeds: int, tri
     rows = []
     for seed in range(seeds):
         for mode in ("shared", "sequential", "separate experiments"):
+            key = {"kind": "studies", "mode": mode, "seed": seed, "concurrency": concurrency, "trials": trials}
+            if (done := log.find(**key)) is not None:
+                rows.append(done)
+                continue
             spans: list[tuple[float, float]] = []
             start = time.perf_counter()
             if mode == "separate experiments":
@@ -234,16 +264,17 @@ def study_sharing(pools: dict[str, Surrogate], concurrency: int, seeds: int, tri
                 spans = busy_spans(results)
                 busy = sum(e - b for b, e in spans)
             wall = time.perf_counter() - start
-            rows.append({"mode": mode, "seed": seed, "wall_s": wall, "utilisation": busy / (concurrency * wall),
-                         "steady utilisation": steady_utilisation(spans, concurrency) if mode != "separate experiments"
-                         else statistics.fmean(steady)})
+            rows.append(key | {"wall_s": wall, "utilisation": busy / (concurrency * wall),
+                               "steady utilisation": steady_utilisation(spans, concurrency)
+                               if mode != "separate experiments" else statistics.fmean(steady)})
+            log.add(rows[-1])
             print(f"  six studies | {mode:20s} | c={concurrency} seed={seed}: {wall:.1f} s, utilisation "
                   f"{rows[-1]['utilisation']:.2f} (steady {rows[-1]['steady utilisation']:.2f})", flush=True)
     return rows
 
 
 def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds: int, trials: int,
-               scale: float) -> dict[str, list[list[float]]]:
+               scale: float, log: Log) -> dict[str, list[list[float]]]:
     """Best-so-far true final MRR@20 by trial, cold and warm-started from the published configs."""
     dataset, study, loss = POOLS[label]
     plan = plan_study(loss, "shared", 10, load_space(default_space_file(loss)), {})
@@ -251,6 +282,11 @@ def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds:
     curves: dict[str, list[list[float]]] = {"cold": [], "warm (published best)": []}
     for seed in range(seeds):
         for kind, warm in (("cold", None), ("warm (published best)", {label: warm_configs(["best"], "", plan)})):
+            key = {"kind": "warm", "pool": label, "start": kind, "seed": seed, "concurrency": concurrency,
+                   "trials": trials}
+            if (done := log.find(**key)) is not None:
+                curves[kind].append(done["line"])
+                continue
             _, results, searchers = run_tuner({label: (pool, "")}, "platform", concurrency, seed * 1000, trials,
                                               scale, warm=warm)
             order = measure(results, searchers, {label: pool}, label)[3]
@@ -259,6 +295,7 @@ def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds:
                 best = max(best, value) if value == value else best
                 line.append(best)
             curves[kind].append(line)
+            log.add(key | {"line": line})
             print(f"  warm start | {kind:22s} | seed={seed}: best {best:.4f} of pool {pool.best_final:.4f}",
                   flush=True)
     return curves
@@ -323,7 +360,7 @@ def plot(outcomes: list[Outcome], label: str, curves: dict[str, list[list[float]
         ax.axhline(0.99 * pool.best_final, color="grey", linestyle=":", label="pool best - 1%")
         ax.set(xlabel="trials asked", ylabel="best final MRR@20 so far (median)", title=f"{label}: warm start")
         ax.legend()
-    FIGURES.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 
@@ -337,6 +374,11 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=100, help="trials per search")
     p.add_argument("--scale", type=float, default=1 / 300, help="sleep = recorded epoch seconds x scale")
     p.add_argument("--experiments", default="concurrency,studies,warm")
+    p.add_argument("--studies-concurrency", type=int, default=8,
+                   help="slots of the six-study experiment (actor start-up on a small machine swamps larger ones)")
+    p.add_argument("--log", type=Path, help="the run's JSON-lines log; an existing one is resumed "
+                   "(default: a new file in --out)")
+    p.add_argument("--out", type=Path, default=HERE, help="folder of results/ and figures/ (default: bench/)")
     p.add_argument("--quick", action="store_true", help="a small end-to-end run: 2 seeds, 12 trials, c = 1, 4")
     if "--quick" in sys.argv:  # smaller defaults; options given on the command line still apply
         p.set_defaults(seeds=2, trials=12, concurrency="1,4", scale=1 / 3000)
@@ -352,34 +394,37 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     os.environ.update(TUNE_ENVIRONMENT)  # snapshots as often as the platform takes them
     ray.init(num_cpus=max(concurrencies), include_dashboard=False, log_to_driver=False)
-    report: dict[str, Any] = {"args": vars(args) | {"curves": str(args.curves)}, "tables": {}}
+    log = Log(args.log or args.out / "results" / f"search-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    print(f"log: {log.path} ({len(log.records)} searches already done)", flush=True)
+    figures = args.out / "figures"
+    report: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                              "tables": {}}
     experiments = args.experiments.split(",")
     for label in labels:
         pool = pools[label]
         print(f"{label}: {len(pool.configs)} recorded configs, best final MRR@20 {pool.best_final:.4f}, "
               f"mean epoch {pool.mean_epoch_seconds:.1f} s (slept x {args.scale:g})", flush=True)
         outcomes = concurrency_sweep(pools, label, concurrencies, list(METHODS), args.seeds, args.trials,
-                                     args.scale) if "concurrency" in experiments else []
+                                     args.scale, log) if "concurrency" in experiments else []
         curves = warm_start(pools, label, concurrencies[min(1, len(concurrencies) - 1)], args.seeds,
-                            args.trials, args.scale) if "warm" in experiments and label == labels[0] else None
+                            args.trials, args.scale, log) if "warm" in experiments and label == labels[0] else None
         if outcomes:
             rows = summarise(outcomes, label, pool)
             report["tables"][label] = rows
             report[f"outcomes {label}"] = [o.__dict__ for o in outcomes]
             print(markdown(rows))
-            plot(outcomes, label, curves, pool, FIGURES / f"search-{label.replace(' ', '-')}.png")
+            plot(outcomes, label, curves, pool, figures / f"search-{label.replace(' ', '-')}.png")
         if curves:
             target = 0.99 * pool.best_final
             reach = {kind: [trials_to_reach(line, target) for line in lines] for kind, lines in curves.items()}
             report["warm start"] = {"target": target, "trials to reach": reach, "curves": curves}
             print(f"trials to reach {target:.4f} (pool best - 1%): {reach}")
     if "studies" in experiments:
-        rows = study_sharing({k: pools[k] for k in labels} if len(labels) > 1 else pools,
-                             max(concurrencies), max(1, args.seeds // 3), max(8, args.trials // 2), args.scale * 3)
+        rows = study_sharing({k: pools[k] for k in labels} if len(labels) > 1 else pools, args.studies_concurrency,
+                             max(1, args.seeds // 3), max(8, args.trials // 2), args.scale * 3, log)
         report["studies"] = rows
         print(markdown(rows))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"search-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = log.path.with_suffix(".json")
     path.write_text(json.dumps(report, indent=1, default=float))
     print(f"results written to {path}")
     ray.shutdown()

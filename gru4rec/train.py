@@ -206,16 +206,20 @@ class Trainer:
             steps = progress(steps, f"epoch {self.epoch + 1}")
         start = time.perf_counter()
         choice = self.thread_choice
+        threads = torch.get_num_threads()  # given back afterwards: the evaluation's shapes want their own
         if choice is not None:
             choice.begin()
-        for t in steps:
-            if choice is None:
-                self.run_step(t)
-            else:
-                choice.run(lambda: self.run_step(t))
-            if t % CHECK_EVERY == CHECK_EVERY - 1:
-                self._check_loss(t)
-        self._check_loss(self.n_steps - 1)
+        try:
+            for t in steps:
+                if choice is None:
+                    self.run_step(t)
+                else:
+                    choice.run(lambda: self.run_step(t))
+                if t % CHECK_EVERY == CHECK_EVERY - 1:
+                    self._check_loss(t)
+            self._check_loss(self.n_steps - 1)
+        finally:
+            torch.set_num_threads(threads)
         mean_loss = self.loss_sum.item() / max(self.n_pairs, 1)
         seconds = time.perf_counter() - start
         self.epoch += 1

@@ -65,7 +65,7 @@ def test_a_config_next_to_a_diverged_one_diverges_there():
 @pytest.mark.skipif(not (BENCH / "data" / "curves.parquet").is_file(), reason="no recorded curves")
 def test_the_benchmark_runs_end_to_end_at_small_size(tmp_path):
     run = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick", "--experiments", "concurrency",
-                          "--concurrency", "1,2", "--seeds", "1", "--trials", "8"],
+                          "--concurrency", "1,2", "--seeds", "1", "--trials", "8", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = [line for line in run.stdout.splitlines() if line.startswith("| rsc15 xe |")]
@@ -75,4 +75,12 @@ def test_the_benchmark_runs_end_to_end_at_small_size(tmp_path):
     written = Path(run.stdout.strip().splitlines()[-1].split("results written to ")[1])
     report = json.loads(written.read_text())
     assert {row["concurrency"] for row in report["tables"]["rsc15 xe"]} == {1, 2}
-    written.unlink()
+    assert (tmp_path / "figures" / "search-rsc15-xe.png").stat().st_size > 0
+    log = written.with_suffix(".jsonl")
+    assert len(log.read_text().splitlines()) == 8  # one line per finished search
+    again = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick", "--experiments", "concurrency",
+                            "--concurrency", "1,2", "--seeds", "1", "--trials", "8", "--out", str(tmp_path),
+                            "--log", str(log)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "8 searches already done" in again.stdout and "c= 1 seed=0" not in again.stdout  # nothing rerun
+    assert [line for line in again.stdout.splitlines() if line.startswith("| rsc15 xe |")] == table

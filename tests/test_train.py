@@ -229,6 +229,20 @@ def test_thread_choice_keeps_the_fastest_count():
         torch.set_num_threads(previous)
 
 
+def test_training_gives_back_the_thread_count(splits):
+    """The thread count chosen for training steps does not leak into the evaluation that follows."""
+    train, _ = splits
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        trainer = Trainer(Config(layers=[16], batch_size=8, n_sample=16), train, device="cpu", threads=1)
+        seen = []
+        trainer.fit(1, callback=lambda info: seen.append(torch.get_num_threads()))
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_trainers_share_no_state(splits):
     """Two trainers of different shapes stepping in turn give what each gives alone (no cached constants)."""
     train, _ = splits
