@@ -109,7 +109,8 @@ class GRU4Rec(nn.Module):
     def init_hidden(self, batch: int, device: torch.device) -> list[torch.Tensor]:
         return [torch.zeros(batch, size, device=device) for size in self.config.layers]
 
-    def step(self, x: torch.Tensor, hidden: list[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+    def step(self, x: torch.Tensor, hidden: list[torch.Tensor],
+             generator: torch.Generator | None = None) -> torch.Tensor:
         """Advance all layers one step from the input rows `x`; update `hidden` in place (list items).
 
         With a generator, dropout is applied (training); the dropped-out output is also what each

@@ -2,8 +2,8 @@
 
 A space file holds one JSON object per line (the format of the official paropt.py):
 `{"name": ..., "dtype": "int"|"float"|"categorical", "values": [low, high] | [options...], "step": ..., "log": false}`.
-A study is one loss x embedding mode; its fixed parameters are those of the published searches (n_sample 2048, logq 1 for
-cross-entropy, the embedding settings of the mode) with the user's `--fixed` values on top.
+A study is one loss x embedding mode; its fixed parameters are those of the published searches (n_sample
+2048, logq 1 for cross-entropy, the embedding settings of the mode) with the user's `--fixed` values on top.
 """
 from __future__ import annotations
 

@@ -80,7 +80,8 @@ def test_formats_agree(tmp_path):
     df.to_csv(tmp_path / "d.csv", index=False)
     df.to_parquet(tmp_path / "d.parquet")
     df.to_pickle(tmp_path / "d.pkl")
-    loaded = [load_session_data(tmp_path / f"d.{ext}", allow_pickle=ext == "pkl") for ext in ("tsv", "csv", "parquet", "pkl")]
+    loaded = [load_session_data(tmp_path / f"d.{ext}", allow_pickle=ext == "pkl")
+              for ext in ("tsv", "csv", "parquet", "pkl")]
     for d in loaded[1:]:
         assert d.items.tolist() == loaded[0].items.tolist()
         assert d.offsets.tolist() == loaded[0].offsets.tolist()
@@ -97,7 +98,8 @@ def test_files_of_the_official_forms_load(tmp_path):
         pd.read_pickle(tmp_path / "d.pickle")
     df.to_csv(tmp_path / "events.dat", sep="\t", index=False)
     df.to_csv(tmp_path / "events", sep="\t", index=False)
-    for data in (load_session_data(tmp_path / "d.pickle", allow_pickle=True), load_session_data(tmp_path / "events.dat"),
+    for data in (load_session_data(tmp_path / "d.pickle", allow_pickle=True),
+                 load_session_data(tmp_path / "events.dat"),
                  load_session_data(tmp_path / "events")):
         assert data.items.tolist() == expected.items.tolist() and data.offsets.tolist() == expected.offsets.tolist()
         assert [str(x) for x in data.item_ids] == [str(x) for x in expected.item_ids]

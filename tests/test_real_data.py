@@ -29,7 +29,8 @@ def rsc15():
 def popularity_baseline(train, test):
     """Most-popular-item recommender: every item scored by its training count, conservative ties."""
     counts = torch.as_tensor(train.item_counts(), dtype=torch.float32)
-    targets = torch.as_tensor(np.concatenate([test.items[a + 1:b] for a, b in zip(test.offsets[:-1], test.offsets[1:])]))
+    bounds = zip(test.offsets[:-1], test.offsets[1:])
+    targets = torch.as_tensor(np.concatenate([test.items[a + 1:b] for a, b in bounds]))
     ranks = ranks_of_targets(counts.expand(len(targets), -1), targets, "conservative")
     return (ranks <= 20).float().mean().item(), ((ranks <= 20) / ranks).mean().item()
 

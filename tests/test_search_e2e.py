@@ -1,4 +1,6 @@
-"""End to end on the rsc15_100k splits through the CLIs: a real search on a local 2-CPU Ray (kills and resumes: test_search_chaos).
+"""End to end on the rsc15_100k splits through the CLIs: a real search on a local 2-CPU Ray.
+
+Kills and resumes are tested in test_search_chaos.
 
 Every search runs as a subprocess in its own process group, which the fixture kills at the end (also on
 failure), so no Ray process outlives a test; Ray's own files stay in its temp dir, results in tmp_path.

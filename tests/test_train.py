@@ -74,7 +74,8 @@ def test_model_learns_beyond_popularity(splits):
 
 def test_nan_loss_stops_within_a_few_steps_with_a_clear_error(splits):
     train, _ = splits
-    trainer = Trainer(Config(layers=[8], batch_size=8, n_sample=8, learning_rate=1e30, loss="bpr-max"), train, device="cpu")
+    config = Config(layers=[8], batch_size=8, n_sample=8, learning_rate=1e30, loss="bpr-max")
+    trainer = Trainer(config, train, device="cpu")
     steps = []
     original = trainer.run_step
     trainer.run_step = lambda t: steps.append(t) or original(t)
@@ -148,7 +149,8 @@ def reference_epochs(cfg, data, n_epochs, store_size):
                 if pos[i] + 1 < data.offsets[slots[i] + 1]:
                     keep.append(i)
                     continue
-                while next_session < data.n_sessions and data.offsets[next_session + 1] - data.offsets[next_session] < 2:
+                while (next_session < data.n_sessions
+                       and data.offsets[next_session + 1] - data.offsets[next_session] < 2):
                     next_session += 1
                 if next_session < data.n_sessions:
                     slots[i], pos[i] = next_session, data.offsets[next_session]
