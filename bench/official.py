@@ -15,6 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 EPOCH_LINE = re.compile(r"^Epoch(\d+) --> loss: \S+\s+\(([\d.]+)s\)\s+\[([\d.]+) mb/s \| (\d+) e/s\]", re.M)
 EVAL_LINE = re.compile(r"^Evaluation took ([\d.]+)s(?: \((\d+) predictions\))?", re.M)
 RESULT_LINE = re.compile(r"^Recall@(\d+): ([\d.]+) MRR@\d+: ([\d.]+)", re.M)
@@ -75,6 +78,23 @@ def check_checkout(path: Path) -> Path:
         raise SystemExit(f"--against-official {path}: not a checkout of the official GRU4Rec_PyTorch_Official "
                          "(run.py and gru4rec_pytorch.py expected)")
     return run_py
+
+
+def int32_sessions(train: Path, test: Path | None, directory: Path) -> tuple[Path, Path | None]:
+    """The files as given when their session ids fit in int32 (the official run.py reads them as int32),
+    else copies in `directory` with the ids renumbered in order of first appearance, for both programs."""
+    frames = {path: pd.read_csv(path, sep="\t", dtype={"ItemId": str}) for path in (train, test) if path}
+    if all(f["SessionId"].max() <= np.iinfo(np.int32).max for f in frames.values()):
+        return train, test
+    codes = pd.concat([f["SessionId"] for f in frames.values()]).drop_duplicates().reset_index(drop=True)
+    renumber = pd.Series(np.arange(len(codes), dtype=np.int64), index=codes.values)
+    out = []
+    for path, frame in frames.items():
+        frame["SessionId"] = renumber.loc[frame["SessionId"].values].values
+        target = directory / path.name
+        frame.to_csv(target, sep="\t", index=False)
+        out.append(target)
+    return out[0], (out[1] if test else None)
 
 
 def run_command(command: list[str], timeout: float) -> str:

@@ -8,13 +8,15 @@ and prints their events/s, evaluation predictions/s and Recall/MRR@20 with the r
 from __future__ import annotations
 
 import itertools
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from common import SHARED, base_arguments, dataset, environment, median_time, write_results
-from official import compare
-from gru4rec.config import Config
+from official import compare, int32_sessions
+from gru4rec.config import Config, parse_param_string
 from gru4rec.train import Trainer
 
 
@@ -46,14 +48,30 @@ OFFICIAL_SETTINGS = {
 }
 
 
+def profile(name: str, setting: str, steps: int, threads: int) -> None:
+    """torch.profiler over `steps` training steps of one official setting: where a step's CPU time goes, by op."""
+    config = Config.from_dict(parse_param_string(OFFICIAL_SETTINGS[setting]))
+    trainer = Trainer(config, dataset(name), device=torch.device("cpu"), threads=threads)
+    trainer.start_epoch()
+    for position in range(50):  # warm-up
+        trainer.run_step(position)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for position in range(50, 50 + steps):
+            trainer.run_step(position)
+        seconds = time.perf_counter() - start
+    print(f"{name}: {setting}, {threads} thread(s): {1000 * seconds / steps:.2f} ms per step under the profiler")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
 def against_official(path: Path, datasets: list[str], repeats: int) -> None:
     """Both implementations alternately per setting and dataset; medians and ratios in one table."""
     rows = []
     for name in datasets:
-        for setting, params in OFFICIAL_SETTINGS.items():
-            result = compare(path, f"{name}: {setting}", params, SHARED / name / "train_full.tsv",
-                             SHARED / name / "test.tsv", repeats)
-            rows.append(result.row())
+        with tempfile.TemporaryDirectory() as directory:
+            train, test = int32_sessions(SHARED / name / "train_full.tsv", SHARED / name / "test.tsv", Path(directory))
+            for setting, params in OFFICIAL_SETTINGS.items():
+                rows.append(compare(path, f"{name}: {setting}", params, train, test, repeats).row())
     write_results("against_official", {**environment(torch.device("cpu")), "official": str(path),
                                        "repeats": repeats}, rows)
 
@@ -64,7 +82,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="batch 32 and 128, layers 100 only")
     p.add_argument("--against-official", type=Path, metavar="PATH",
                    help="a checkout of the official GRU4Rec_PyTorch_Official to run side by side (CPU)")
+    p.add_argument("--profile", metavar="SETTING", choices=sorted(OFFICIAL_SETTINGS),
+                   help="profile the training step of one official setting (on the first of --datasets)")
     args = p.parse_args()
+    if args.profile:
+        profile(args.datasets.split(",")[0], args.profile, args.steps, args.threads or 1)
+        return
     if args.against_official:
         names = [n for n in args.datasets.split(",") if n != "synthetic_1m"]
         against_official(args.against_official, names, args.repeats)
