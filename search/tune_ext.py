@@ -308,7 +308,8 @@ class CheckpointJanitor(Callback):
 
     Tune tells the searcher (and so the durable Optuna study) before it calls callbacks, so a trial
     whose checkpoints are gone is already recorded as ended; on resume `end_finished_trials` marks it
-    ended in Tune's state too, and it is never resumed from a checkpoint that no longer exists.
+    ended in Tune's state too, and it is never resumed from a checkpoint that no longer exists. A driver
+    killed between the two leaves checkpoints behind; `delete_ended_checkpoints` sweeps them on resume.
     """
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -319,15 +320,29 @@ class CheckpointJanitor(Callback):
 
 
 def delete_checkpoints(trial: Any) -> None:
-    storage = trial.storage
-    fs = storage.storage_filesystem
+    delete_checkpoint_dirs(trial.storage.storage_filesystem, trial.storage.trial_fs_path, trial.trial_id)
+
+
+def delete_checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_path: str, trial_id: str) -> None:
+    """Delete the checkpoint_* folders of one trial folder; a failure is logged, not raised (disk is not state)."""
     try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
         for entry in entries:
             if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
                 fs.delete_dir(entry.path)
     except OSError as e:
-        logger.warning("cannot delete the checkpoints of trial %s: %s", trial.trial_id, e)
+        logger.warning("cannot delete the checkpoints of trial %s: %s", trial_id, e)
+
+
+def delete_ended_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str) -> None:
+    """Before a resume: delete the checkpoints of trials Tune's saved state has as ended.
+
+    A driver killed after a trial's end reached the Optuna study but before `CheckpointJanitor` ran leaves
+    that trial's checkpoints behind; once `end_finished_trials` has marked it ended, no callback would.
+    """
+    for trial in read_state(fs, experiment) or []:
+        if trial["status"] in ("TERMINATED", "ERROR"):
+            delete_checkpoint_dirs(fs, f"{experiment}/{trial['dir']}", trial["trial_id"])
 
 
 def trial_storage() -> tuple[pyarrow.fs.FileSystem, str]:
