@@ -25,12 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
+# bench/search.py would shadow the platform's package: import the package first, then the bench's modules.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 from search.spaces import SPACES_DIR, Space, default_params, load_space  # noqa: E402
 
-CURVES = Path(__file__).resolve().parent / "data" / "curves.parquet"
+sys.path.append(str(HERE))
+from common import SHARED  # noqa: E402
+
+CURVES = HERE / "data" / "curves.parquet"
 DEFAULT_POOLS = "rsc15_100k:xe_shared:100,rsc15_100k:bprmax_shared:100,globo_g1:xe_shared:50"
 LOSSES = {"xe": "cross-entropy", "bprmax": "bpr-max"}
 

@@ -84,3 +84,11 @@ def test_the_benchmark_runs_end_to_end_at_small_size(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "8 searches already done" in again.stdout and "c= 1 seed=0" not in again.stdout  # nothing rerun
     assert [line for line in again.stdout.splitlines() if line.startswith("| rsc15 xe |")] == table
+
+
+def test_the_curve_recorder_starts_as_a_script():
+    # bench/search.py bears the platform package's name; run as a script, the recorder must still import the package.
+    run = subprocess.run([sys.executable, str(BENCH / "record_curves.py"), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "DATASET:STUDY:N_RANDOM" in run.stdout
