@@ -2,7 +2,8 @@
 
 Every config is trained with the real trainer on train_tr and evaluated on train_valid (MRR@20 and
 Recall@20, standard ties, as a trial does) after every epoch; the epoch's training and evaluation
-seconds are kept. A pool is a dataset x study: random configs drawn uniformly from the study's space,
+seconds are kept as the worker's CPU seconds (one thread per worker), so that other work on the machine,
+or pausing the recording, does not inflate them. A pool is a dataset x study: random configs drawn uniformly from the study's space,
 plus the published best configs of spaces/best/ and the defaults that fit it. Rows are appended to one
 Parquet file after each config, so the recording can be stopped and started again at any time:
 
@@ -140,17 +141,17 @@ def train_job(job: Job, threads: int) -> list[dict[str, Any]]:
     base = {"dataset": job.dataset, "study": job.study, "config_id": job.config_id, "origin": job.origin,
             "params": json.dumps(job.params, sort_keys=True)}
     for epoch in range(1, job.epochs + 1):
-        start = time.perf_counter()
+        start = time.process_time()
         try:
             info = trainer.train_epoch()
         except TrainingError:
             rows.append({**base, "epoch": epoch, "mrr": 0.0, "recall": 0.0, "loss": float("nan"),
-                         "train_s": time.perf_counter() - start, "eval_s": 0.0, "diverged": True})
+                         "train_s": time.process_time() - start, "eval_s": 0.0, "diverged": True})
             break
-        eval_start = time.perf_counter()
+        train_s = time.process_time() - start
         metrics = evaluate(trainer.model, valid, cutoffs=(20,), mode="standard")
         rows.append({**base, "epoch": epoch, "mrr": metrics.mrr[20], "recall": metrics.recall[20], "loss": info.loss,
-                     "train_s": info.seconds, "eval_s": time.perf_counter() - eval_start, "diverged": False})
+                     "train_s": train_s, "eval_s": time.process_time() - start - train_s, "diverged": False})
     return rows
 
 

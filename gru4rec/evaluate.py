@@ -38,18 +38,27 @@ class EvalResult:
         return [f"Recall@{k}: {self.recall[k]:.6f} MRR@{k}: {self.mrr[k]:.6f}" for k in self.cutoffs]
 
 
-def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.Tensor:
-    """Rank of each row's target among all columns of `scores` under the tie mode (float)."""
+def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor, mode: str, in_place: bool = False) -> torch.Tensor:
+    """Rank of each row's target among all columns of `scores` under the tie mode (float).
+
+    The comparisons are written as float 0/1 into `scores` itself (a copy unless `in_place`), then summed:
+    on the CPU that is several times faster than a boolean comparison and an integer count, and exact
+    while a row has fewer than 2^24 columns.
+    """
+    if mode not in TIE_MODES:
+        raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
+    if scores.shape[1] >= 1 << 24:
+        scores = scores.double()
+    elif not in_place:
+        scores = scores.clone()
     t = scores.gather(1, targets[:, None])
-    greater = (scores > t).sum(dim=1)
     if mode == "standard":
-        return (greater + 1).float()
-    equal = (scores == t).sum(dim=1)
+        return scores.gt_(t).sum(dim=1).add_(1)
     if mode == "conservative":
-        return (greater + equal).float()
-    if mode == "median":
-        return greater + 0.5 * (equal - 1).float() + 1
-    raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
+        return scores.ge_(t).sum(dim=1)
+    greater = scores.gt(t).sum(dim=1)
+    equal = scores.eq_(t).sum(dim=1)
+    return greater + 0.5 * (equal - 1) + 1
 
 
 @torch.no_grad()
@@ -94,7 +103,7 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
         for lo in range(0, len(rows), chunk):
             scores = model.score_all(rows[lo:lo + chunk])
             nonfinite.logical_or_(~torch.isfinite(scores.gather(1, target[lo:lo + chunk, None])).all())
-            ranks = ranks_of_targets(scores, target[lo:lo + chunk], mode)
+            ranks = ranks_of_targets(scores, target[lo:lo + chunk], mode, in_place=True)
             hit = ranks[:, None] <= cut[None, :]
             if active is not None:
                 hit &= active[lo:lo + chunk, None]

@@ -11,7 +11,7 @@ import torch
 
 from .batching import build_schedule
 from .config import Config
-from .cpu import ThreadChoice, keep_freed_memory, thread_candidates
+from .cpu import ThreadChoice, UniqueRows, keep_freed_memory, thread_candidates
 from .data import SessionData
 from .evaluate import EvalResult, evaluate
 from .graphs import CapturedStep
@@ -75,7 +75,10 @@ class Trainer:
         log_pop = torch.as_tensor(np.append(np.log(np.maximum(counts, 1)), 0.0), dtype=torch.float32,
                                   device=self.device) * config.logq
         self.sample_log_q = log_pop * config.sample_alpha
-        self.compact_rows = self.device.type == "cpu"
+        # On the CPU each step's item rows are made unique before gathering (see `_step`).
+        n_rows = config.batch_size * (2 if self.model.mode == "shared" else 1) + config.n_sample
+        self.unique_rows = (UniqueRows(data.n_items + 1, UniqueRows.worth_marking(data.n_items + 1, n_rows))
+                            if self.device.type == "cpu" else None)
         schedule = build_schedule(data.items, data.offsets, config.batch_size, pad=self.model.pad,
                                   stop_below=2 if config.n_sample == 0 else 1)
         self.n_steps = schedule.n_steps
@@ -126,8 +129,8 @@ class Trainer:
         # the optimiser needs no merging (on accelerators `unique` would synchronise with the host).
         rows = torch.cat([inputs, cols]) if shared else cols
         col_index = None
-        if self.compact_rows:
-            rows, index = torch.unique(rows, return_inverse=True)
+        if self.unique_rows is not None:
+            rows, index = self.unique_rows(rows)
             col_index = index[B:] if shared else index
         w = model.Wy.index_select(0, rows)
         if not shared:

@@ -20,6 +20,21 @@ def test_ranks_in_each_tie_mode():
     assert ranks_of_targets(scores, targets, "median").tolist() == [3, 3, 3]
 
 
+@pytest.mark.parametrize("mode", ["standard", "conservative", "median"])
+def test_ranks_leave_the_scores_alone_unless_told(mode):
+    scores = torch.randn(6, 40)
+    scores[:, 7] = scores[:, 3]  # a tie for the rows whose target is 3
+    targets = torch.tensor([3, 7, 0, 39, 3, 12])
+    before = scores.clone()
+    ranks = ranks_of_targets(scores, targets, mode)
+    assert torch.equal(scores, before)
+    greater = (before > before.gather(1, targets[:, None])).sum(1).double()
+    equal = (before == before.gather(1, targets[:, None])).sum(1).double()
+    expected = {"standard": greater + 1, "conservative": greater + equal, "median": greater + (equal + 1) / 2}[mode]
+    assert ranks.double().tolist() == expected.tolist()
+    assert ranks_of_targets(scores, targets, mode, in_place=True).double().tolist() == expected.tolist()
+
+
 def reference_metrics(model, data, cutoffs, mode):
     """One session at a time, batch of one, NumPy ranking: independent of the session-parallel code."""
     ranks = []

@@ -5,6 +5,7 @@ import torch
 
 from gru4rec.checkpoint import load_training_state, save_training_state
 from gru4rec.config import Config
+from gru4rec.cpu import UniqueRows
 from gru4rec.data import SessionData
 from gru4rec.datasets.synthetic import SyntheticSpec, generate_sessions, split_by_time
 from gru4rec.evaluate import evaluate
@@ -173,8 +174,8 @@ def reference_epochs(cfg, data, n_epochs, store_size):
     dict(loss="cross-entropy", logq=0.5, momentum=0.3, n_sample=10, constrained_embedding=False, embedding=0,
          layers=[8, 5]),
 ])
-@pytest.mark.parametrize("compact_rows", [True, False])  # the CPU path and the accelerator path
-def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(params, compact_rows):
+@pytest.mark.parametrize("unique_rows", ["marks", "sort", None])  # the CPU paths and the accelerator path
+def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(params, unique_rows):
     rng = np.random.default_rng(5)
     lengths = rng.integers(2, 9, size=25)
     df = pd.DataFrame({"SessionId": np.repeat(np.arange(25), lengths),
@@ -184,7 +185,7 @@ def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(p
     cfg = Config(**{"layers": [8], "batch_size": 6, "learning_rate": 0.1, **params})
     ref_model, ref_losses = reference_epochs(cfg, data, 2, store_size=200)
     trainer = Trainer(cfg, data, device="cpu", store_size=200)
-    trainer.compact_rows = compact_rows
+    trainer.unique_rows = None if unique_rows is None else UniqueRows(data.n_items + 1, unique_rows == "marks")
     losses = []
     for _ in range(2):
         trainer.start_epoch()
@@ -193,6 +194,18 @@ def test_padded_fixed_shape_training_matches_straightforward_shrinking_batches(p
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-6)
     for name, p in ref_model.state_dict().items():
         torch.testing.assert_close(trainer.model.state_dict()[name], p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("size", [10, 5000])
+def test_unique_rows_by_marks_or_by_sorting_match_torch_unique(size):
+    values = torch.randint(0, size, (300,), generator=torch.Generator().manual_seed(size))
+    expected_rows, expected_inverse = torch.unique(values, return_inverse=True)
+    for by_marks in (True, False):
+        unique = UniqueRows(size, by_marks)
+        for _ in range(2):  # the marks are left clean for the next call
+            rows, inverse = unique(values)
+            assert torch.equal(rows, expected_rows) and torch.equal(inverse, expected_inverse)
+    assert UniqueRows.worth_marking(2800, 2112) and not UniqueRows.worth_marking(1_000_000, 2112)
 
 
 def test_the_thread_count_does_not_change_the_model(splits):
