@@ -230,6 +230,26 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def write_atomically(fs: pyarrow.fs.FileSystem, path: str, payload: bytes) -> None:
+    """Write `path` through a temporary name unique to this writer and a rename, on a local disk, NFS or
+    object storage alike: readers never see half a file, and a failed write leaves no temporary behind."""
+    directory = os.path.dirname(path)
+    fs.create_dir(directory, recursive=True)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(payload)
+        return
+    tmp = f"{directory}/.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(payload)
+        fs.move(tmp, path)
+    except BaseException:
+        if fs.get_file_info(tmp).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
+
+
 class Store:
     """Small files of one search under its storage root, through pyarrow.fs (local, NFS, S3, GCS)."""
 
@@ -261,22 +281,7 @@ class Store:
 
     def write(self, name: str, data: bytes | str) -> None:
         """Write through a temporary name unique to this writer, then rename: readers never see half a file."""
-        path = self.path(name)
-        self.fs.create_dir(os.path.dirname(path), recursive=True)
-        payload = data.encode() if isinstance(data, str) else data
-        if self.local:
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(payload)
-            return
-        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(payload)
-            self.fs.move(tmp, path)
-        except BaseException:
-            if self.fs.get_file_info(tmp).type != pyarrow.fs.FileType.NotFound:
-                self.fs.delete_file(tmp)
-            raise
+        write_atomically(self.fs, self.path(name), data.encode() if isinstance(data, str) else data)
 
     def list(self, folder: str) -> list[str]:
         """The names of the files in a folder of this search (none if it does not exist)."""

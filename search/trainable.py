@@ -6,7 +6,6 @@ after a driver crash or retry it after a worker failure from its last finished e
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from gru4rec import Config, EpochInfo, SessionData, Trainer, TrainingError
 from gru4rec.checkpoint import load_training_state, save_training_state
 
 from .ledger import METRIC, METRICS_FILE, RECALL, read_results
+from .settings import write_atomically
 from .tune_ext import STUDY_KEY, trial_storage
 
 MODE = "max"
@@ -99,7 +99,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
         clock[0] = now
         entry = {**entry, "training_iteration": entry["epoch"], "device": device, "time_total_s": spent}
         history.append(entry)
-        write_file(fs, f"{folder}/{METRICS_FILE}", "".join(json.dumps(r) + "\n" for r in history))
+        write_atomically(fs, f"{folder}/{METRICS_FILE}", "".join(json.dumps(r) + "\n" for r in history).encode())
 
     def report(info: EpochInfo) -> None:
         metrics = info.metrics
@@ -119,15 +119,6 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
         result = {METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch + 1, "diverged": 1}
         record(result)
         tune.report({**result, "device": device})
-
-
-def write_file(fs, path: str, text: str) -> None:
-    """Write through a temporary and rename (local, NFS or object storage alike)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    with fs.open_output_stream(tmp) as f:
-        f.write(text.encode())
-    fs.move(tmp, path)
 
 
 def make_trainable(setups: dict[str, TrialSetup], data: dict[str, ray.ObjectRef],

@@ -28,6 +28,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .ledger import METRICS_FILE, Outcome, classify, read_results
+from .settings import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -406,10 +407,7 @@ def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[
             entry[0] = json.dumps(trial, indent=2)
             changed.append(trial["trial_id"])
     if changed:
-        tmp = f"{path}.amend.tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(state).encode())
-        fs.move(tmp, path)
+        write_atomically(fs, path, json.dumps(state).encode())
     return changed
 
 
@@ -436,6 +434,5 @@ def reopen_search(fs: pyarrow.fs.FileSystem, experiment: str) -> bool:
     if not state.get("finished"):
         return False
     state["finished"] = False
-    with fs.open_output_stream(states[-1]) as f:
-        f.write(cloudpickle.dumps(state))
+    write_atomically(fs, states[-1], cloudpickle.dumps(state))
     return True

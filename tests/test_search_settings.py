@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.fs
 import pytest
 
-from search.settings import DriverLock, SearchError, SearchSettings, Store, absolute_database_url, fingerprint
+from search.settings import (DriverLock, SearchError, SearchSettings, Store, absolute_database_url, fingerprint,
+                             write_atomically)
 from search.spaces import default_space_file, read_space_text
 
 
@@ -76,6 +78,17 @@ sys.stdin.read()
     assert json.loads(store.read_text("driver.lock"))["pid"] == os.getpid()
     lock.release()
     DriverLock(store).acquire()
+
+
+def test_atomic_writes_through_a_non_local_filesystem_leave_no_temporary(tmp_path):
+    fs = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())  # the object-storage branch
+    write_atomically(fs, "x/state.json", b"{}")
+    write_atomically(fs, "x/state.json", b"[1]")
+    (tmp_path / "x" / "taken").mkdir()
+    with pytest.raises(OSError):
+        write_atomically(fs, "x/taken", b"a file cannot replace a folder")
+    assert sorted(os.listdir(tmp_path / "x")) == ["state.json", "taken"]
+    assert (tmp_path / "x" / "state.json").read_bytes() == b"[1]"
 
 
 def test_store_writes_atomically_with_names_unique_per_writer(tmp_path):
