@@ -246,7 +246,8 @@ def study_sharing(pools: dict[str, Surrogate], concurrency: int, seeds: int, tri
     rows = []
     for seed in range(seeds):
         for mode in ("shared", "sequential", "separate experiments"):
-            key = {"kind": "studies", "mode": mode, "seed": seed, "concurrency": concurrency, "trials": trials}
+            key = {"kind": "studies", "mode": mode, "seed": seed, "concurrency": concurrency, "trials": trials,
+                   "scale": scale}
             if (done := log.find(**key)) is not None:
                 rows.append(done)
                 continue
@@ -376,12 +377,15 @@ def main() -> None:
     p.add_argument("--experiments", default="concurrency,studies,warm")
     p.add_argument("--studies-concurrency", type=int, default=8,
                    help="slots of the six-study experiment (actor start-up on a small machine swamps larger ones)")
+    p.add_argument("--studies-scale", type=float, default=1 / 20,
+                   help="sleep scale of the six-study experiment: its utilisation is only meaningful when an epoch "
+                        "lasts long against the platform's fixed cost per trial (default: 1/20, 0.7 s an epoch)")
     p.add_argument("--log", type=Path, help="the run's JSON-lines log; an existing one is resumed "
                    "(default: a new file in --out)")
     p.add_argument("--out", type=Path, default=HERE, help="folder of results/ and figures/ (default: bench/)")
     p.add_argument("--quick", action="store_true", help="a small end-to-end run: 2 seeds, 12 trials, c = 1, 4")
     if "--quick" in sys.argv:  # smaller defaults; options given on the command line still apply
-        p.set_defaults(seeds=2, trials=12, concurrency="1,4", scale=1 / 3000)
+        p.set_defaults(seeds=2, trials=12, concurrency="1,4", scale=1 / 3000, studies_scale=1 / 1000)
     args = p.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     ray.cloudpickle.register_pickle_by_value(surrogate_module)  # workers need not find bench/ on their path
@@ -421,7 +425,7 @@ def main() -> None:
             print(f"trials to reach {target:.4f} (pool best - 1%): {reach}")
     if "studies" in experiments:
         rows = study_sharing({k: pools[k] for k in labels} if len(labels) > 1 else pools, args.studies_concurrency,
-                             max(1, args.seeds // 3), max(8, args.trials // 2), args.scale * 3, log)
+                             max(1, args.seeds // 3), max(8, args.trials // 2), args.studies_scale, log)
         report["studies"] = rows
         print(markdown(rows))
     path = log.path.with_suffix(".json")
