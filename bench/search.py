@@ -9,7 +9,9 @@ machinery, with trials that answer from a surrogate of real learning curves and 
 Every finished search is appended to the run's log (JSON lines) at once; a run given an existing log skips
 the settings it holds, and the tables and plots are made from the whole log.
 
-Experiments (each repeated with different seeds):
+Experiments (each repeated with different seeds, but the first):
+- landscape: how rare near-best configs are in the surrogate (shares of uniformly drawn configs within 1, 2,
+  3 and 5% of the pool's best final MRR@20);
 - concurrency: the platform (TPE with constant liar, multivariate, start-up trials = max(10, concurrency),
   and ASHA), TPE as Optuna 4 makes it by default (no liar, independent, 10 start-up trials) and ASHA, random
   search and ASHA, and TPE at full budget (no early
@@ -37,6 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 # This file's name is that of the platform's package: import the package first, then the bench's modules.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import ray  # noqa: E402
 import ray.cloudpickle  # noqa: E402
@@ -54,6 +57,7 @@ from search.warmstart import warm_configs  # noqa: E402
 
 sys.path.append(str(HERE))
 import surrogate as surrogate_module  # noqa: E402
+from record_curves import sample_uniform  # noqa: E402
 from surrogate import Surrogate  # noqa: E402
 
 CURVES = HERE / "data" / "curves.parquet"
@@ -302,6 +306,15 @@ def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds:
     return curves
 
 
+def landscape(pool: Surrogate, samples: int = 20_000, seed: int = 0) -> dict[str, float]:
+    """How rare near-best configs are in the surrogate: the share of configs drawn uniformly over the space
+    whose final MRR@20 is within 1, 2, 3 and 5% of the pool's best, and the regret of the best of them."""
+    rng = np.random.default_rng(seed)
+    finals = np.array([pool.final(sample_uniform(pool.space, rng)) for _ in range(samples)])
+    shares = {f"within {r}%": float(np.mean(finals >= (1 - r / 100) * pool.best_final)) for r in (1, 2, 3, 5)}
+    return {"samples": samples, **shares, f"regret of the best of {samples}": 1 - finals.max() / pool.best_final}
+
+
 def trials_to_reach(line: list[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(line) if v >= target), None)
 
@@ -374,7 +387,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10, help="repetitions per setting")
     p.add_argument("--trials", type=int, default=100, help="trials per search")
     p.add_argument("--scale", type=float, default=1 / 300, help="sleep = recorded epoch seconds x scale")
-    p.add_argument("--experiments", default="concurrency,studies,warm")
+    p.add_argument("--experiments", default="landscape,concurrency,studies,warm")
     p.add_argument("--studies-concurrency", type=int, default=8,
                    help="slots of the six-study experiment (actor start-up on a small machine swamps larger ones)")
     p.add_argument("--studies-scale", type=float, default=1 / 20,
@@ -408,6 +421,11 @@ def main() -> None:
         pool = pools[label]
         print(f"{label}: {len(pool.configs)} recorded configs, best final MRR@20 {pool.best_final:.4f}, "
               f"mean epoch {pool.mean_epoch_seconds:.1f} s (slept x {args.scale:g})", flush=True)
+        if "landscape" in experiments:
+            report.setdefault("landscape", {})[label] = found = landscape(pool)
+            print("  configs drawn uniformly: " + ", ".join(f"{k} {100 * v:.3f}%" if k.startswith("within") else
+                                                          f"{k} {100 * v:.2f}%" for k, v in found.items()
+                                                          if k != "samples"), flush=True)
         outcomes = concurrency_sweep(pools, label, concurrencies, list(METHODS), args.seeds, args.trials,
                                      args.scale, log) if "concurrency" in experiments else []
         curves = warm_start(pools, label, concurrencies[min(1, len(concurrencies) - 1)], args.seeds,
