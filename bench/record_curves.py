@@ -176,7 +176,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", type=Path, default=CURVES)
     p.add_argument("--workers", type=int, default=1, help="configs trained at once (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker (default: 1; the recorded seconds are CPU seconds of all of them)")
     args = p.parse_args()
     done = load_curves(args.out)
     seen = set() if done.empty else set(zip(done["dataset"], done["study"], done["config_id"]))
