@@ -29,7 +29,7 @@ from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Sto
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
 from .tune_ext import (FINISHED, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
-                       delete_ended_checkpoints, end_finished_trials, optuna_outcomes, read_state, reopen_search,
+                       delete_stale_checkpoints, end_finished_trials, optuna_outcomes, read_state, reopen_search,
                        replace_searcher, trial_dirname)
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
     amended = end_finished_trials(fs, root, ended)
     if amended:
         logger.info("trials %s had ended after Tune's last snapshot", amended)
-    delete_ended_checkpoints(fs, root)
+    delete_stale_checkpoints(fs, root)
     reopen_search(fs, root)
     tuner = Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=retry_failed)
     if retry_failed:

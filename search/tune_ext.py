@@ -310,7 +310,7 @@ class CheckpointJanitor(Callback):
     Tune tells the searcher (and so the durable Optuna study) before it calls callbacks, so a trial
     whose checkpoints are gone is already recorded as ended; on resume `end_finished_trials` marks it
     ended in Tune's state too, and it is never resumed from a checkpoint that no longer exists. A driver
-    killed between the two leaves checkpoints behind; `delete_ended_checkpoints` sweeps them on resume.
+    killed between the two leaves checkpoints behind; `delete_stale_checkpoints` sweeps them on resume.
     """
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -335,15 +335,30 @@ def delete_checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_path: str, trial_id:
         logger.warning("cannot delete the checkpoints of trial %s: %s", trial_id, e)
 
 
-def delete_ended_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str) -> None:
-    """Before a resume: delete the checkpoints of trials Tune's saved state has as ended.
+def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str) -> None:
+    """Before a resume: delete the checkpoints no restored trial can use.
 
-    A driver killed after a trial's end reached the Optuna study but before `CheckpointJanitor` ran leaves
-    that trial's checkpoints behind; once `end_finished_trials` has marked it ended, no callback would.
+    Those are of trials Tune's saved state has as ended (a driver killed after a trial's end reached the
+    Optuna study but before `CheckpointJanitor` ran; once `end_finished_trials` has marked it ended, no
+    callback would), and of trial folders the state does not know at all (trials started after Tune's last
+    snapshot: they are never resumed, and their Optuna trials are failed as lost).
     """
-    for trial in read_state(fs, experiment) or []:
+    trials = read_state(fs, experiment)
+    if trials is None:
+        return
+    known = {trial["dir"] for trial in trials}
+    for trial in trials:
         if trial["status"] in ("TERMINATED", "ERROR"):
             delete_checkpoint_dirs(fs, f"{experiment}/{trial['dir']}", trial["trial_id"])
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+    except OSError as e:
+        logger.warning("cannot list the trial folders of %s: %s", experiment, e)
+        return
+    for entry in entries:
+        if (entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("trial_")
+                and entry.base_name not in known):
+            delete_checkpoint_dirs(fs, entry.path, entry.base_name)
 
 
 def trial_storage() -> tuple[pyarrow.fs.FileSystem, str]:

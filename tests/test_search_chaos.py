@@ -185,7 +185,10 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     assert all((retrains / name).read_text() == text for name, text in done_before.items())
     assert len([p for p in retrains.iterdir() if not p.name.startswith(".")]) == 6
     # No checkpoint is left, and the study folder stays within the printed bound.
-    assert not list(search.experiment.glob("trial_*/checkpoint_*"))
+    status = {t["dir"]: t["status"] for t in tune}
+    left = {p.parent.name: status.get(p.parent.name, "unknown to Tune")
+            for p in search.experiment.glob("trial_*/checkpoint_*")}
+    assert not left, left
     bound = json.loads((search.folder / "search.json").read_text())["disk_bound"]
     size = sum(p.stat().st_size for p in search.experiment.rglob("*") if p.is_file())
     assert 0 < size < bound, (size, bound)

@@ -17,7 +17,7 @@ from search.cluster import plan_resources
 from search.finalize import StudyResult, exported_config, markdown_table, paramfile_text, summary
 from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
-from search.tune_ext import (DurableOptunaSearch, ResumableASHA, delete_ended_checkpoints, end_finished_trials,
+from search.tune_ext import (DurableOptunaSearch, ResumableASHA, delete_stale_checkpoints, end_finished_trials,
                              read_state)
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
@@ -213,21 +213,24 @@ def test_a_trial_ended_after_the_last_snapshot_is_never_told_again(tmp_path):
     assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.COMPLETE, 0.3, {1: 0.1, 3: 0.3})
 
 
-def test_a_trial_ended_after_the_last_snapshot_loses_its_checkpoints_on_resume(tmp_path):
-    # Tune's snapshot has a, b running and c ended; Optuna has b ended too (the driver died before the janitor ran).
+def test_trials_ended_or_started_after_the_last_snapshot_lose_their_checkpoints_on_resume(tmp_path):
+    # Tune's snapshot has a, b running and c ended; Optuna has b ended too (the driver died before the janitor ran);
+    # d started after the snapshot, so Tune will never resume it.
     statuses = {"a": "RUNNING", "b": "RUNNING", "c": "TERMINATED"}
     trial_data = [[json.dumps({"trial_id": tid, "status": status, "config": {}, "relative_logdir": f"trial_{tid}"}),
                    json.dumps({"last_result": {}})] for tid, status in statuses.items()]
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
-    for tid in statuses:
+    for tid in [*statuses, "d"]:
         for n in range(2):
             (tmp_path / f"trial_{tid}" / f"checkpoint_00000{n}").mkdir(parents=True)
+        (tmp_path / f"trial_{tid}" / "metrics.jsonl").write_text("{}\n")
     fs = pyarrow.fs.LocalFileSystem()
     assert end_finished_trials(fs, str(tmp_path), {"b": "TERMINATED", "c": "TERMINATED"}) == ["b"]
-    delete_ended_checkpoints(fs, str(tmp_path))
+    delete_stale_checkpoints(fs, str(tmp_path))
     assert {t["trial_id"]: t["status"] for t in read_state(fs, str(tmp_path))} == {**statuses, "b": "TERMINATED"}
     left = {p.name: sorted(q.name for q in p.glob("checkpoint_*")) for p in tmp_path.glob("trial_*")}
-    assert left == {"trial_a": ["checkpoint_000000", "checkpoint_000001"], "trial_b": [], "trial_c": []}
+    assert left == {"trial_a": ["checkpoint_000000", "checkpoint_000001"], "trial_b": [], "trial_c": [], "trial_d": []}
+    assert all((tmp_path / f"trial_{tid}" / "metrics.jsonl").is_file() for tid in "abcd")
 
 
 def test_trials_asked_after_the_last_snapshot_are_failed_on_resume(tmp_path):
