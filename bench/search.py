@@ -330,6 +330,7 @@ def summarise(outcomes: list[Outcome], label: str, pool: Surrogate) -> list[dict
             rows.append({"pool": label, "method": method, "concurrency": concurrency, "reps": len(mine),
                          "median regret %": 100 * statistics.median(o.regret for o in mine),
                          "worst regret %": 100 * max(o.regret for o in mine),
+                         "runs within 1%": sum(o.regret <= 0.01 for o in mine),
                          "epochs % of full budget": 100 * statistics.median(o.epochs for o in mine) / budget,
                          "median wall s": statistics.median(o.wall_s for o in mine),
                          "utilisation": statistics.median(o.utilisation for o in mine),
