@@ -346,10 +346,7 @@ def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str) -> None
     trials = read_state(fs, experiment)
     if trials is None:
         return
-    known = {trial["dir"] for trial in trials}
-    for trial in trials:
-        if trial["status"] in ("TERMINATED", "ERROR"):
-            delete_checkpoint_dirs(fs, f"{experiment}/{trial['dir']}", trial["trial_id"])
+    resumed = {trial["dir"] for trial in trials if trial["status"] not in ("TERMINATED", "ERROR")}
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
     except OSError as e:
@@ -357,7 +354,7 @@ def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str) -> None
         return
     for entry in entries:
         if (entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("trial_")
-                and entry.base_name not in known):
+                and entry.base_name not in resumed):
             delete_checkpoint_dirs(fs, entry.path, entry.base_name)
 
 
