@@ -5,8 +5,8 @@ Recall@20, standard ties, as a trial does) after every epoch; the epoch's traini
 seconds are kept as the worker's CPU seconds (one thread per worker), so that other work on the machine,
 or pausing the recording, does not inflate them. A pool is a dataset x study: random configs drawn
 uniformly from the study's space, plus the published best configs of spaces/best/ and the defaults that
-fit it. Rows are appended to one
-Parquet file after each config, so the recording can be stopped and started again at any time:
+fit it. Rows are appended to one Parquet file after each config, so the recording can be stopped and
+started again at any time:
 
     .venv/bin/python bench/record_curves.py                      # the full recording (many CPU hours)
     .venv/bin/python bench/record_curves.py --workers 2          # two configs at a time, one thread each
