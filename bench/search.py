@@ -10,15 +10,17 @@ Every finished search is appended to the run's log (JSON lines) at once; a run g
 the settings it holds, and the tables and plots are made from the whole log.
 
 Experiments (each repeated with different seeds, but the first):
-- landscape: how rare near-best configs are in the surrogate (shares of uniformly drawn configs within 1, 2,
-  3 and 5% of the pool's best final MRR@20);
+- landscape: the recorded pool (best, configs that blew up, Spearman rho between the MRR@20 after early
+  epochs and the final one) and how rare near-best configs are in the surrogate (shares of uniformly drawn
+  configs within 1, 2, 3 and 5% of the pool's best final MRR@20);
 - concurrency: the platform (TPE with constant liar, multivariate, start-up trials = max(10, concurrency),
   and ASHA), TPE as Optuna 4 makes it by default (no liar, independent, 10 start-up trials) and ASHA, random
   search and ASHA, and TPE at full budget (no early
   stopping, the official paropt way), at 1, 8, 32 and 64 trials in flight;
 - studies: six studies on one set of slots, sharing them, one after another in one experiment, and
   one experiment after another (the previous platform);
-- warm start: the published best configs first, against a cold start.
+- warm start: the published best configs first, and the top configs of an earlier search of half the trials
+  (another seed) first, against a cold start.
 Reported: regret (the pool's best final MRR@20 minus the best final MRR@20 of a config the search ran to its
 last epoch, relative), epochs used against a full-budget search of the same trial count, wall time,
 utilisation (busy slot-seconds over available slot-seconds) and the platform's overhead per trial.
@@ -53,7 +55,7 @@ from search.spaces import load_space, plan_study, default_space_file  # noqa: E4
 from search.study import KEEP_CHECKPOINTS, TUNE_ENVIRONMENT, tpe_sampler  # noqa: E402
 from search.trainable import MODE  # noqa: E402
 from search.tune_ext import STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux  # noqa: E402
-from search.warmstart import warm_configs  # noqa: E402
+from search.warmstart import TOP_OF_EARLIER_SEARCH, warm_configs  # noqa: E402
 
 sys.path.append(str(HERE))
 import surrogate as surrogate_module  # noqa: E402
@@ -278,32 +280,66 @@ def study_sharing(pools: dict[str, Surrogate], concurrency: int, seeds: int, tri
     return rows
 
 
+def earlier_search_top(pool: Surrogate, label: str, concurrency: int, seed: int, trials: int,
+                       scale: float) -> list[dict[str, Any]]:
+    """The configs `--warm-start SEARCH` takes from an earlier search of the study: its top complete trials
+    by final MRR@20."""
+    _, results, _ = run_tuner({label: (pool, "")}, "platform", concurrency, seed, trials, scale)
+    complete = [{k: v for k, v in r.config.items() if k != STUDY_KEY} for r in results
+                if r.metrics.get("epoch", 0) >= pool.epochs and not r.metrics.get("diverged")]
+    return sorted(complete, key=pool.final, reverse=True)[:TOP_OF_EARLIER_SEARCH]
+
+
 def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds: int, trials: int,
                scale: float, log: Log) -> dict[str, list[list[float]]]:
-    """Best-so-far true final MRR@20 by trial, cold and warm-started from the published configs."""
+    """Best-so-far true final MRR@20 by trial: cold, warm-started from the published configs, and warm-started
+    from an earlier search of half the trials with another seed."""
     dataset, study, loss = POOLS[label]
     plan = plan_study(loss, "shared", 10, load_space(default_space_file(loss)), {})
     pool = pools[label]
-    curves: dict[str, list[list[float]]] = {"cold": [], "warm (published best)": []}
+    starts = {"cold": lambda seed: None,
+              "warm (published best)": lambda seed: warm_configs(["best"], "", plan),
+              "warm (earlier search)": lambda seed: earlier_search_top(pool, label, concurrency, seed * 1000 + 500,
+                                                                       trials // 2, scale)}
+    curves: dict[str, list[list[float]]] = {kind: [] for kind in starts}
     for seed in range(seeds):
-        for kind, warm in (("cold", None), ("warm (published best)", {label: warm_configs(["best"], "", plan)})):
+        for kind, warm_for in starts.items():
             key = {"kind": "warm", "pool": label, "start": kind, "seed": seed, "concurrency": concurrency,
                    "trials": trials}
             if (done := log.find(**key)) is not None:
                 curves[kind].append(done["line"])
                 continue
+            warm = warm_for(seed)
             _, results, searchers = run_tuner({label: (pool, "")}, "platform", concurrency, seed * 1000, trials,
-                                              scale, warm=warm)
+                                              scale, warm={label: warm} if warm else None)
             order = measure(results, searchers, {label: pool}, label)[3]
             best, line = 0.0, []
             for value in order:
                 best = max(best, value) if value == value else best
                 line.append(best)
             curves[kind].append(line)
-            log.add(key | {"line": line})
+            log.add(key | {"line": line, "warm finals": [pool.final(c) for c in warm or []]})
             print(f"  warm start | {kind:22s} | seed={seed}: best {best:.4f} of pool {pool.best_final:.4f}",
                   flush=True)
     return curves
+
+
+def pool_summary(pool: Surrogate) -> dict[str, Any]:
+    """What a recorded pool is like: its best final MRR@20 and the runner-up's gap, the configs that blew up,
+    and how well the ranking after early epochs predicts the final one (what ASHA's rungs rely on)."""
+    import pandas as pd
+    final = np.where(pool.diverged_at == 0, pool.mrr[:, -1], 0.0)
+    ranked = np.sort(final)[::-1]
+    final_rank = pd.Series(final).rank()
+    best = int(np.argmax(final))
+    return {"configs": len(final), "best final MRR@20": float(ranked[0]),
+            "2nd best, % below": 100 * (1 - ranked[1] / ranked[0]), "mean epoch s": pool.mean_epoch_seconds,
+            "blew up (final < 0.05)": int((final < 0.05).sum()),
+            **{f"rho epoch {k}": float(pd.Series(pool.mrr[:, k - 1]).rank().corr(final_rank))
+               for k in (1, 2, 3, 5, pool.epochs - 1)},
+            "final top 10 in the epoch-1 top 10": len(set(np.argsort(-final)[:10])
+                                                      & set(np.argsort(-pool.mrr[:, 0])[:10])),
+            "best config's rank after epoch 1": int((pool.mrr[:, 0] > pool.mrr[best, 0]).sum()) + 1}
 
 
 def landscape(pool: Surrogate, samples: int = 20_000, seed: int = 0) -> dict[str, float]:
@@ -423,6 +459,9 @@ def main() -> None:
         print(f"{label}: {len(pool.configs)} recorded configs, best final MRR@20 {pool.best_final:.4f}, "
               f"mean epoch {pool.mean_epoch_seconds:.1f} s (slept x {args.scale:g})", flush=True)
         if "landscape" in experiments:
+            report.setdefault("pools", {})[label] = summary = pool_summary(pool)
+            print("  pool: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in summary.items()), flush=True)
             report.setdefault("landscape", {})[label] = found = landscape(pool)
             print("  configs drawn uniformly: " + ", ".join(f"{k} {100 * v:.3f}%" if k.startswith("within") else
                                                           f"{k} {100 * v:.2f}%" for k, v in found.items()

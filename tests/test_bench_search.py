@@ -78,12 +78,24 @@ def test_the_benchmark_runs_end_to_end_at_small_size(tmp_path):
     assert (tmp_path / "figures" / "search-rsc15-xe.png").stat().st_size > 0
     log = written.with_suffix(".jsonl")
     assert len(log.read_text().splitlines()) == 8  # one line per finished search
-    again = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick", "--experiments", "concurrency",
+    again = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick",
+                            "--experiments", "landscape,concurrency",
                             "--concurrency", "1,2", "--seeds", "1", "--trials", "8", "--out", str(tmp_path),
                             "--log", str(log)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "8 searches already done" in again.stdout and "c= 1 seed=0" not in again.stdout  # nothing rerun
     assert [line for line in again.stdout.splitlines() if line.startswith("| rsc15 xe |")] == table
+    summary = json.loads(written.read_text())["pools"]["rsc15 xe"]
+    recorded = pd.read_parquet(BENCH / "data" / "curves.parquet")
+    recorded = recorded[(recorded["dataset"] == "rsc15_100k") & (recorded["study"] == "xe_shared")]
+    by_epoch = recorded.pivot(index="config_id", columns="epoch", values="mrr").fillna(0.0)
+    assert summary["configs"] == len(by_epoch)
+    assert summary["best final MRR@20"] == pytest.approx(by_epoch[10].max())
+
+    def spearman(a: np.ndarray, b: np.ndarray) -> float:  # the textbook formula, for untied values
+        d = np.argsort(np.argsort(a)) - np.argsort(np.argsort(b))
+        return 1 - 6 * float((d ** 2).sum()) / (len(a) * (len(a) ** 2 - 1))
+    assert summary["rho epoch 1"] == pytest.approx(spearman(by_epoch[1].to_numpy(), by_epoch[10].to_numpy()), abs=1e-3)
 
 
 def test_the_curve_recorder_starts_as_a_script():
