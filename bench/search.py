@@ -375,6 +375,23 @@ def summarise(outcomes: list[Outcome], label: str, pool: Surrogate) -> list[dict
     return rows
 
 
+def paired(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """The platform against each other method on the same seeds: seeds where its regret is lower, higher or
+    equal, and the mean difference (points); differences between medians hide which seeds they come from."""
+    regret = {(o.method, o.concurrency, o.seed): o.regret for o in outcomes}
+    rows = []
+    for method in METHODS[1:]:
+        for concurrency in sorted({o.concurrency for o in outcomes}):
+            pairs = [(regret[("platform", c, seed)], value) for (m, c, seed), value in regret.items()
+                     if (m, c) == (method, concurrency) and ("platform", c, seed) in regret]
+            if pairs:
+                rows.append({"platform against": method, "concurrency": concurrency,
+                             "seeds": len(pairs), "lower": sum(a < b - 1e-12 for a, b in pairs),
+                             "higher": sum(a > b + 1e-12 for a, b in pairs),
+                             "mean difference, points": 100 * statistics.mean(a - b for a, b in pairs)})
+    return rows
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -474,7 +491,9 @@ def main() -> None:
             rows = summarise(outcomes, label, pool)
             report["tables"][label] = rows
             report[f"outcomes {label}"] = [o.__dict__ for o in outcomes]
+            report.setdefault("paired", {})[label] = against = paired(outcomes)
             print(markdown(rows))
+            print(markdown(against))
             plot(outcomes, label, curves, pool, figures / f"search-{label.replace(' ', '-')}.png")
         if curves:
             target = 0.99 * pool.best_final

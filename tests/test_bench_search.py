@@ -76,6 +76,12 @@ def test_the_benchmark_runs_end_to_end_at_small_size(tmp_path):
     report = json.loads(written.read_text())
     assert {row["concurrency"] for row in report["tables"]["rsc15 xe"]} == {1, 2}
     assert (tmp_path / "figures" / "search-rsc15-xe.png").stat().st_size > 0
+    regret = {(o["method"], o["concurrency"]): o["regret"] for o in report["outcomes rsc15 xe"]}  # one seed
+    for row in report["paired"]["rsc15 xe"]:
+        difference = regret[("platform", row["concurrency"])] - regret[(row["platform against"], row["concurrency"])]
+        assert (row["lower"], row["higher"]) == (int(difference < -1e-12), int(difference > 1e-12))
+        assert row["mean difference, points"] == pytest.approx(100 * difference)
+    assert len(report["paired"]["rsc15 xe"]) == 6  # three other methods at two concurrencies
     log = written.with_suffix(".jsonl")
     assert len(log.read_text().splitlines()) == 8  # one line per finished search
     again = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick",
