@@ -36,7 +36,7 @@ sys.path.append(str(HERE))
 from common import SHARED  # noqa: E402
 
 CURVES = HERE / "data" / "curves.parquet"
-DEFAULT_POOLS = "rsc15_100k:xe_shared:100,rsc15_100k:bprmax_shared:100,globo_g1:xe_shared:50"
+DEFAULT_POOLS = "rsc15_100k:xe_shared:100,rsc15_100k:bprmax_shared:100,globo_g1:xe_shared:44"
 LOSSES = {"xe": "cross-entropy", "bprmax": "bpr-max"}
 
 
