@@ -187,13 +187,18 @@ def steady_utilisation(spans: list[tuple[float, float]], slots: int) -> float:
     return busy / (slots * (end - full)) if end > full else float("nan")
 
 
+def complete_trials(results: list[Any], pool: Surrogate) -> dict[str, dict[str, Any]]:
+    """Params by trial id of the trials that ran every epoch without diverging."""
+    return {r.metrics["trial_id"]: {k: v for k, v in r.config.items() if k != STUDY_KEY} for r in results
+            if r.metrics.get("epoch", 0) >= pool.epochs and not r.metrics.get("diverged")}
+
+
 def measure(results: list[Any], searchers: dict[str, DurableOptunaSearch], pools: dict[str, Surrogate],
             study: str) -> tuple[float, int, float, list[float]]:
     """Regret, epochs, busy seconds and the asking-order finals of one study's trials."""
     pool = pools[study]
     mine = [r for r in results if r.config.get(STUDY_KEY) == study]
-    complete = {r.metrics["trial_id"]: pool.final({k: v for k, v in r.config.items() if k != STUDY_KEY})
-                for r in mine if r.metrics.get("epoch", 0) >= pool.epochs and not r.metrics.get("diverged")}
+    complete = {tid: pool.final(params) for tid, params in complete_trials(mine, pool).items()}
     found = max(complete.values(), default=0.0)
     epochs = sum(int(r.metrics.get("training_iteration", 0)) for r in mine)
     busy = sum(e - b for b, e in busy_spans(mine))
@@ -285,9 +290,7 @@ def earlier_search_top(pool: Surrogate, label: str, concurrency: int, seed: int,
     """The configs `--warm-start SEARCH` takes from an earlier search of the study: its top complete trials
     by final MRR@20."""
     _, results, _ = run_tuner({label: (pool, "")}, "platform", concurrency, seed, trials, scale)
-    complete = [{k: v for k, v in r.config.items() if k != STUDY_KEY} for r in results
-                if r.metrics.get("epoch", 0) >= pool.epochs and not r.metrics.get("diverged")]
-    return sorted(complete, key=pool.final, reverse=True)[:TOP_OF_EARLIER_SEARCH]
+    return sorted(complete_trials(results, pool).values(), key=pool.final, reverse=True)[:TOP_OF_EARLIER_SEARCH]
 
 
 def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds: int, trials: int,
@@ -328,7 +331,7 @@ def pool_summary(pool: Surrogate) -> dict[str, Any]:
     """What a recorded pool is like: its best final MRR@20 and the runner-up's gap, the configs that blew up,
     and how well the ranking after early epochs predicts the final one (what ASHA's rungs rely on)."""
     import pandas as pd
-    final = np.where(pool.diverged_at == 0, pool.mrr[:, -1], 0.0)
+    final = pool.recorded_finals
     ranked = np.sort(final)[::-1]
     final_rank = pd.Series(final).rank()
     best = int(np.argmax(final))

@@ -81,9 +81,14 @@ class Surrogate:
         return 0.0 if diverged else float(mrr[-1])
 
     @property
+    def recorded_finals(self) -> np.ndarray:
+        """The final MRR@20 of every recorded config (0 for those that diverged)."""
+        return np.where(self.diverged_at == 0, self.mrr[:, -1], 0.0)
+
+    @property
     def best_final(self) -> float:
         """The best final MRR@20 of the recorded pool: what a perfect search finds."""
-        return float(np.where(self.diverged_at == 0, self.mrr[:, -1], 0.0).max())
+        return float(self.recorded_finals.max())
 
     @property
     def mean_epoch_seconds(self) -> float:
