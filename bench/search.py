@@ -509,6 +509,7 @@ def main() -> None:
         report["studies"] = rows
         print(markdown(rows))
     path = log.path.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)  # a landscape-only run logs no search
     path.write_text(json.dumps(report, indent=1, default=float))
     print(f"results written to {path}")
     ray.shutdown()
