@@ -9,16 +9,25 @@ step the same shape (no per-step host work, and a shape a CUDA graph can replay)
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+
+FILL_PAIRS = 1 << 21  # pairs written per vectorised block when the schedule is filled in
+
+
+def index_dtype(largest: int) -> np.dtype:
+    """int32 when every index up to `largest` fits, else int64: half the memory for any real catalogue."""
+    return np.dtype(np.int32) if largest < 2 ** 31 else np.dtype(np.int64)
 
 
 @dataclass
 class Schedule:
     """Per step t and slot s: input item, target item, and whether the slot starts a new session.
 
-    Idle slots hold `pad` as input and target. `n_active[t]` is the number of active slots.
+    Idle slots hold `pad` as input and target. `n_active[t]` is the number of active slots. Item arrays
+    are int32 unless the padding index needs int64, so a slot costs 9 bytes.
     """
 
     inputs: np.ndarray
@@ -43,45 +52,84 @@ def build_schedule(items: np.ndarray, offsets: np.ndarray, batch_size: int, pad:
     The epoch ends when no slot is active, or at a session boundary once fewer than `stop_below` slots
     remain active (training without extra negatives stops below 2 slots, as the original does).
     """
-    n_sessions = len(offsets) - 1
-    n_slots = min(batch_size, n_sessions)
-    session = np.arange(batch_size)
-    active = session < n_sessions
-    session[~active] = 0
-    pos = offsets[session].copy()
-    left = np.where(active, offsets[session + 1] - pos - 1, 0)  # pairs left in each slot's session
-    fresh = active.copy()
-    next_session = n_slots
-    chunks: list[tuple[np.ndarray, np.ndarray]] = []
-    while active.any():
-        steps = int(left[active].min())
-        if steps > 0:
-            rows = pos[None, :] + np.arange(steps)[:, None]
-            rows[:, ~active] = -1
-            reset = np.zeros((steps, batch_size), dtype=bool)
-            reset[0] = fresh & active
-            chunks.append((rows, reset))
-            pos = pos + steps
-            left = left - steps
-            fresh[:] = False
-        done = np.flatnonzero(active & (left == 0))
-        n_new = min(len(done), n_sessions - next_session)
-        refill, idle = done[:n_new], done[n_new:]
-        new_sessions = np.arange(next_session, next_session + n_new)
-        next_session += n_new
-        pos[refill] = offsets[new_sessions]
-        left[refill] = offsets[new_sessions + 1] - pos[refill] - 1
-        fresh[refill] = True
-        active[idle] = False
-        if active.sum() < stop_below:
+    pairs = np.diff(offsets) - 1  # per session; a single-event session has none and is passed over
+    starts, slots, n_steps = _assign_slots(pairs, batch_size, stop_below)
+    dtype = index_dtype(max(pad, int(items.max(initial=0))))
+    inputs = np.full((n_steps, batch_size), pad, dtype=dtype)
+    targets = np.full((n_steps, batch_size), pad, dtype=dtype)
+    resets = np.zeros((n_steps, batch_size), dtype=bool)
+    # Sessions cut off by an early end keep only their steps before it.
+    taken = np.flatnonzero((pairs[:len(starts)] > 0) & (starts < n_steps))
+    lengths = np.minimum(pairs[taken], n_steps - starts[taken])
+    resets[starts[taken], slots[taken]] = True
+    delta = np.zeros(n_steps + 1, dtype=np.int64)
+    np.add.at(delta, starts[taken], 1)
+    np.add.at(delta, starts[taken] + lengths, -1)
+    ends = np.cumsum(lengths)
+    lo = 0
+    while lo < len(taken):  # blocks of sessions, so that the per-pair index arrays stay small
+        hi = int(np.searchsorted(ends, ends[lo] - lengths[lo] + FILL_PAIRS, side="right"))
+        hi = max(hi, lo + 1)
+        block, n = taken[lo:hi], lengths[lo:hi]
+        first = np.repeat(np.cumsum(n) - n, n)
+        k = np.arange(len(first)) - first  # pair index within its session
+        step = np.repeat(starts[block].astype(np.int64), n) + k
+        slot = np.repeat(slots[block], n)
+        source = np.repeat(offsets[block].astype(np.int64), n) + k
+        inputs[step, slot] = items[source]
+        targets[step, slot] = items[source + 1]
+        lo = hi
+    return Schedule(inputs, targets, resets, np.cumsum(delta[:-1]).astype(index_dtype(batch_size)), pad)
+
+
+def _assign_slots(pairs: np.ndarray, batch_size: int, stop_below: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The start step and slot of every session given a slot, and the number of steps of the epoch.
+
+    Event-driven over the sessions (not the steps): slots freed at the same step take the next sessions
+    in slot order; a session without pairs frees its slot at once, which then takes a session after the
+    others freed at that step. Sessions not returned never got a slot (the epoch ended before them).
+    """
+    n_sessions = len(pairs)
+    length = pairs.tolist()
+    free: defaultdict[int, list[int]] = defaultdict(list)  # step -> slots freed then, in the order they were
+    n_first = min(batch_size, n_sessions)
+    starts = np.zeros(n_sessions, dtype=index_dtype(int(pairs.sum()) + 1))
+    slots = np.zeros(n_sessions, dtype=index_dtype(batch_size))
+    slots[:n_first] = np.arange(n_first)
+    for s in range(n_first):
+        free[length[s]].append(s)
+    order: list[int] = []  # slots in the order sessions n_first, n_first + 1, ... took them
+    started: list[tuple[int, int]] = []  # (step, number of sessions started then), for the steps after 0
+    busy, nxt, step, last_end = n_first, n_first, 0, 0
+    while free:
+        step = min(free) if nxt == n_sessions else step  # in the tail only ends remain: jump to the next
+        freed = free.pop(step, None)
+        if freed is None:
+            step += 1
+            continue
+        last_end = step
+        n_before = nxt
+        while freed:
+            freed.sort()
+            n_new = min(len(freed), n_sessions - nxt)
+            taking = freed[:n_new] if n_new < len(freed) else freed
+            again: list[int] = []
+            for slot, pairs_left in zip(taking, length[nxt:nxt + n_new]):
+                if pairs_left:
+                    free[step + pairs_left].append(slot)
+                else:
+                    again.append(slot)
+            nxt += n_new
+            order.extend(taking)
+            busy -= len(freed) - n_new
+            freed = again
+        if nxt > n_before:
+            started.append((step, nxt - n_before))
+        if busy < stop_below:
             break
-    if not chunks:
-        empty = np.zeros((0, batch_size), dtype=np.int64)
-        return Schedule(empty, empty.copy(), np.zeros((0, batch_size), dtype=bool), np.zeros(0, np.int64), pad)
-    rows = np.concatenate([c[0] for c in chunks])
-    resets = np.concatenate([c[1] for c in chunks])
-    idle_mask = rows < 0
-    inputs = np.where(idle_mask, pad, items[np.where(idle_mask, 0, rows)])
-    targets = np.where(idle_mask, pad, items[np.where(idle_mask, 0, rows + 1)])
-    return Schedule(inputs.astype(np.int64), targets.astype(np.int64), resets,
-                    (~idle_mask).sum(axis=1).astype(np.int64), pad)
+        step += 1
+    if order:
+        slots[n_first:nxt] = order
+        steps, counts = zip(*started)
+        starts[n_first:nxt] = np.repeat(steps, counts)
+    return starts[:nxt], slots[:nxt], last_end

@@ -4,9 +4,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .batching import index_dtype
 
 SESSION_KEY, ITEM_KEY, TIME_KEY = "SessionId", "ItemId", "Time"
 
@@ -37,7 +44,6 @@ def read_events(path: str | os.PathLike, session_key: str = SESSION_KEY, item_ke
                         "(or convert it to .tsv or .parquet)")
     try:
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
             _check_columns(path, pq.read_schema(path).names, columns)
             df = pd.read_parquet(path, columns=columns)
         elif suffix in PICKLE_SUFFIXES:
@@ -164,34 +170,75 @@ class SessionData:
         without it the item map is the items in order of first appearance.
         """
         validate_events(df, source, session_key, item_key, time_key)
-        item_col = df[item_key]
         if item_ids is None:
-            codes, uniques = pd.factorize(item_col)
+            codes, uniques = pd.factorize(df[item_key])
             item_ids = pd.Index(uniques)
-            keep = None
         else:
-            codes = _lookup(item_ids, item_col)
-            keep = codes >= 0
-            if keep.all():
-                keep = None
-        sessions = df[session_key]
-        time = _time_values(df[time_key])
-        n_dropped = 0
-        if keep is not None:
-            n_dropped = int((~keep).sum())
-            codes, sessions, time = codes[keep], sessions[keep], time[keep]
-        if len(codes) == 0:
-            raise DataError(f"{source}: none of the {n_dropped} events has an item of the training item map")
-        session_codes = pd.factorize(sessions, sort=True)[0]
-        start = np.full(session_codes.max() + 1, np.inf)
-        np.minimum.at(start, session_codes, time)
-        # Stable sort: sessions by start time (then id), events by time, ties keep file order.
-        order = np.lexsort((time, session_codes, start[session_codes]))
-        sorted_sessions = session_codes[order]
-        boundaries = np.flatnonzero(np.diff(sorted_sessions)) + 1
-        offsets = np.concatenate(([0], boundaries, [len(order)])).astype(np.int64)
-        return cls(items=np.asarray(codes, dtype=np.int64)[order], offsets=offsets, item_ids=item_ids,
-                   n_dropped=n_dropped, source=source)
+            codes = _lookup(item_ids, df[item_key])
+        sessions = pa.array(pd.factorize(df[session_key], sort=True)[0])
+        return _arrange(codes, sessions, lambda: pa.array(_time_values(df[time_key])), item_ids, source)
+
+
+Column = pa.Array | pa.ChunkedArray
+
+
+def _arrange(codes: np.ndarray, sessions: Column, read_time: Callable[[], Column], item_ids: pd.Index,
+             source: str) -> SessionData:
+    """SessionData from per-event item codes (-1: unknown, dropped), session ids and times (float seconds,
+    read only once the session ids are no longer needed): sessions ordered by start time (then id), events
+    by time, ties keeping file order. Files already in that order (as `preprocess` and `generate` write
+    them) are taken as they are, with no sort and no per-event copy of the ids or times.
+    """
+    if sessions.null_count:
+        raise _Unchecked("session column")
+    keep = codes >= 0
+    n_dropped = len(codes) - int(np.count_nonzero(keep))
+    mask = None
+    if n_dropped:
+        mask = pa.array(keep)
+        codes, sessions = codes[keep], sessions.filter(mask)
+    del keep
+    if len(codes) == 0:
+        raise DataError(f"{source}: none of the {n_dropped} events has an item of the training item map")
+    n = len(codes)
+    boundaries = np.flatnonzero(_to_numpy(pc.not_equal(sessions.slice(1), sessions.slice(0, n - 1)))) + 1
+    firsts = np.concatenate(([0], boundaries))
+    # Each run of equal ids gets its session's number in the order of the ids (a sorted factorisation).
+    run_session = _to_numpy(pc.rank(sessions.take(firsts), sort_keys="ascending", tiebreaker="dense")) - 1
+    n_sessions = int(run_session.max()) + 1
+    del sessions
+    _release()
+    time = read_time()
+    if mask is not None:
+        time = time.filter(mask)
+    rising = _to_numpy(pc.greater_equal(time.slice(1), time.slice(0, n - 1)))
+    rising[boundaries - 1] = True
+    start = _to_numpy(time.take(firsts))
+    ordered = (len(firsts) == n_sessions and bool(rising.all())
+               and bool(((start[1:] > start[:-1]) | ((start[1:] == start[:-1])
+                                                      & (run_session[1:] > run_session[:-1]))).all()))
+    del rising, start
+    item_dtype = index_dtype(len(item_ids))  # the padding index n_items must fit too
+    if ordered:
+        items = codes.astype(item_dtype, copy=False)
+    else:
+        session = np.repeat(run_session, np.diff(np.append(firsts, n)))
+        time = _to_numpy(time)
+        start = np.full(n_sessions, np.inf)
+        np.minimum.at(start, session, time)
+        order = np.lexsort((time, session, start[session]))
+        del start, time
+        items = codes[order].astype(item_dtype, copy=False)
+        session = session[order]
+        del order
+        boundaries = np.flatnonzero(session[1:] != session[:-1]) + 1
+    offsets = np.empty(len(boundaries) + 2, dtype=index_dtype(n))
+    offsets[0], offsets[1:-1], offsets[-1] = 0, boundaries, n
+    return SessionData(items=items, offsets=offsets, item_ids=item_ids, n_dropped=n_dropped, source=source)
+
+
+def _to_numpy(values: Column) -> np.ndarray:
+    return values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else values.to_numpy()
 
 
 def _lookup(item_ids: pd.Index, column: pd.Series) -> np.ndarray:
@@ -210,6 +257,77 @@ def _is_text(values: pd.Index | pd.Series) -> bool:
 
 def load_session_data(path: str | os.PathLike, item_ids: pd.Index | None = None, session_key: str = SESSION_KEY,
                       item_key: str = ITEM_KEY, time_key: str = TIME_KEY, allow_pickle: bool = False) -> SessionData:
-    """Read an event file and build its SessionData (see `read_events` and `SessionData.from_frame`)."""
+    """Read an event file and build its SessionData (the file formats of `read_events`).
+
+    Parquet and text files are read column by column with Arrow, without a DataFrame or a Python
+    object per event; a file that does not pass its checks there is read again by `read_events`,
+    whose errors name the bad column and line.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() not in PICKLE_SUFFIXES:
+        try:
+            return _from_arrow(path, item_ids, session_key, item_key, time_key)
+        except (pa.ArrowException, KeyError, _Unchecked):
+            pass
     df = read_events(path, session_key, item_key, time_key, allow_pickle)
     return SessionData.from_frame(df, item_ids, session_key, item_key, time_key, source=str(path))
+
+
+class _Unchecked(Exception):
+    """A column the Arrow path does not check in detail: the file is read by `read_events` for its error."""
+
+
+def _from_arrow(path: Path, item_ids: pd.Index | None, session_key: str, item_key: str,
+                time_key: str) -> SessionData:
+    """SessionData straight from Arrow columns, each released once used; `_Unchecked` where a check fails."""
+    column = _arrow_columns(path, [session_key, item_key, time_key], text=item_key)
+    item_column = column(item_key)
+    if item_column.null_count or len(item_column) == 0:
+        raise _Unchecked(item_key)
+    if item_ids is None:
+        item_codes, dictionary = _dictionary_codes(item_column)
+        item_ids = pd.Index(dictionary.to_pandas())
+    else:
+        item_codes = _lookup(item_ids, item_column.to_pandas())
+    del item_column
+    _release()
+
+    def read_time() -> Column:
+        time = column(time_key)
+        if time.null_count or not (pa.types.is_integer(time.type) or pa.types.is_floating(time.type)):
+            raise _Unchecked(time_key)
+        if pa.types.is_floating(time.type) and not pc.all(pc.is_finite(time)).as_py():
+            raise _Unchecked(time_key)
+        return pc.cast(time, pa.float64())
+
+    data = _arrange(item_codes, column(session_key), read_time, item_ids, str(path))
+    _release()
+    return data
+
+
+def _arrow_columns(path: Path, names: list[str], text: str) -> Callable[[str], pa.ChunkedArray]:
+    """A function giving each named column once: of a Parquet file read only when asked for (so one column is
+    decoded at a time), of a text file read as `read_events` reads it (column `text` kept as text)."""
+    if path.suffix.lower() == ".parquet":
+        file = pq.ParquetFile(path)
+        missing = set(names) - set(file.schema_arrow.names)
+        if missing:
+            raise KeyError(missing.pop())
+        return lambda name: file.read(columns=[name]).column(0)
+    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+    table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                           convert_options=pacsv.ConvertOptions(include_columns=names,
+                                                                column_types={text: pa.string()}))
+    return {name: table.column(name) for name in names}.pop
+
+
+def _release() -> None:
+    """Give the memory of the columns already used back to the system (Arrow's allocator keeps it otherwise)."""
+    pa.default_memory_pool().release_unused()
+
+
+def _dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Codes of the values in order of first appearance (int32, as Arrow encodes them) and the distinct values."""
+    encoded = pc.dictionary_encode(column)
+    codes = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks])
+    return codes, encoded.chunk(0).dictionary

@@ -87,7 +87,7 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
     schedule = build_schedule(data.items, data.offsets, batch_size, pad=model.pad)
     inputs = torch.as_tensor(schedule.inputs, device=device)
     targets = torch.as_tensor(schedule.targets, device=device)
-    keep = torch.as_tensor(~schedule.resets, device=device, dtype=torch.float32)[:, :, None]
+    resets = torch.as_tensor(schedule.resets, device=device)[:, :, None]
     cut = torch.as_tensor(sorted(set(cutoffs)), device=device, dtype=torch.float32)
     hits = torch.zeros(len(cut), device=device, dtype=torch.float64)
     rr = torch.zeros(len(cut), device=device, dtype=torch.float64)
@@ -111,27 +111,27 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
             rr.add_((hit / ranks[:, None].double()).sum(dim=0))
 
     def fixed_step() -> None:  # every slot, idle ones masked; static buffers only, so that it can be captured
-        k = keep.index_select(0, cursor)[0]
+        reset = resets.index_select(0, cursor)[0]
         for buffer in hidden:
-            buffer.mul_(k)
+            buffer.masked_fill_(reset, 0.0)
         state = list(hidden)
         h = model.step(model.input_table.index_select(0, inputs.index_select(0, cursor)[0]), state)
         for buffer, new in zip(hidden, state):
             buffer.copy_(new)
-        target = targets.index_select(0, cursor)[0]
+        target = targets.index_select(0, cursor)[0].long()
         count(h, target.clamp(max=model.n_items - 1), target != model.pad)
         cursor.add_(1)
 
     def active_step(t: int) -> None:
         """Only the active slots: at the end of a test set most slots are idle, and skipping them
         saves their GRU and scoring work (the original drops finished slots for the same reason)."""
-        target = targets[t]
+        target = targets[t].long()
         if schedule.n_active[t] == batch_size:
-            index, state = None, [buffer.mul_(keep[t]) for buffer in hidden]
+            index, state = None, [buffer.masked_fill_(resets[t], 0.0) for buffer in hidden]
             items = inputs[t]
         else:
             index = (target != model.pad).nonzero().squeeze(1)
-            state = [buffer.index_select(0, index).mul_(keep[t, index]) for buffer in hidden]
+            state = [buffer.index_select(0, index).masked_fill_(resets[t, index], 0.0) for buffer in hidden]
             items, target = inputs[t, index], target[index]
         h = model.step(model.input_table.index_select(0, items), state)
         for buffer, new in zip(hidden, state):

@@ -17,12 +17,27 @@ from torch import nn
 from .config import Config
 
 
-def uniform_blocks(rows: int, cols: int, blocks: int, generator: torch.Generator) -> torch.Tensor:
-    """A (rows, cols * blocks) matrix, each (rows, cols) block uniform in +-sqrt(6 / (rows + cols))."""
+INIT_CHUNK = 1 << 22  # float64 draws held at once while a table is initialised
+
+
+def uniform_blocks(rows: int, cols: int, blocks: int, generator: torch.Generator,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """A (rows, cols * blocks) float32 matrix, each (rows, cols) block uniform in +-sqrt(6 / (rows + cols)).
+
+    The values are drawn in float64 and rounded, block after block, row after row; drawing a few rows at a
+    time consumes the generator exactly as one draw of the whole block would, so no float64 copy of a
+    large item table is ever made. With `out`, its first `rows` rows are filled and returned.
+    """
     bound = math.sqrt(6.0 / (rows + cols))
-    parts = [(torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-             for _ in range(blocks)]
-    return torch.cat(parts, dim=1).float()
+    if out is None:
+        out = torch.empty(rows, cols * blocks)
+    step = max(1, INIT_CHUNK // max(cols, 1))
+    for block in range(blocks):
+        for lo in range(0, rows, step):
+            n = min(step, rows - lo)
+            draw = torch.rand(n, cols, generator=generator, dtype=torch.float64)
+            out[lo:lo + n, block * cols:(block + 1) * cols] = (draw * 2 - 1) * bound
+    return out
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -52,8 +67,8 @@ class GRU4Rec(nn.Module):
         h_last = layers[-1]
 
         def item_table(width: int, blocks: int = 1) -> nn.Parameter:
-            init = uniform_blocks(n_items, width, blocks, generator)
-            return nn.Parameter(torch.cat([init, torch.zeros(1, width * blocks)]))
+            table = torch.zeros(n_items + 1, width * blocks)  # the last row is the padding item
+            return nn.Parameter(uniform_blocks(n_items, width, blocks, generator, out=table))
 
         self.Wy = item_table(h_last)
         self.By = nn.Parameter(torch.zeros(n_items + 1))

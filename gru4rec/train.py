@@ -72,9 +72,9 @@ class Trainer:
         self.store = SampleStore(counts, config.sample_alpha, config.n_sample, self.generator, self.device,
                                  store_size)
         # logQ correction: log of the training count for target columns, alpha times it for samples.
-        log_pop = torch.as_tensor(np.append(np.log(np.maximum(counts, 1)), 0.0), dtype=torch.float32,
-                                  device=self.device) * config.logq
-        self.sample_log_q = log_pop * config.sample_alpha
+        self.target_log_q = torch.as_tensor(np.append(np.log(np.maximum(counts, 1)), 0.0), dtype=torch.float32,
+                                            device=self.device) * config.logq
+        self.sample_log_q = self.target_log_q * config.sample_alpha
         # On the CPU each step's item rows are made unique before gathering (see `_step`).
         n_rows = config.batch_size * (2 if self.model.mode == "shared" else 1) + config.n_sample
         self.unique_rows = (UniqueRows(data.n_items + 1, UniqueRows.worth_marking(data.n_items + 1, n_rows))
@@ -83,14 +83,14 @@ class Trainer:
                                   stop_below=2 if config.n_sample == 0 else 1)
         self.n_steps = schedule.n_steps
         self.n_pairs = schedule.n_pairs
-        as_dev = lambda a, dtype=None: torch.as_tensor(a, device=self.device, dtype=dtype)  # noqa: E731
-        self.inputs = as_dev(schedule.inputs)
-        self.targets = as_dev(schedule.targets)
-        self.target_log_q = log_pop[self.targets]
-        self.keep = as_dev(~schedule.resets, torch.float32)[:, :, None]
-        self.active = self.targets != self.model.pad
-        self.n_active = as_dev(schedule.n_active, torch.float32)
+        # The schedule stays as compact as it was built (int32 items, bool resets: 9 bytes a slot); what a
+        # step derives from it (masks, logQ of the targets) is computed per step, never stored per slot.
+        self.inputs = torch.as_tensor(schedule.inputs, device=self.device)
+        self.targets = torch.as_tensor(schedule.targets, device=self.device)
+        self.resets = torch.as_tensor(schedule.resets, device=self.device)
+        self.n_active = torch.as_tensor(schedule.n_active, device=self.device, dtype=torch.float32)
         self.full = schedule.n_active == config.batch_size  # host-side: steps that need no masking
+        del schedule
         self.epoch = 0
         # Static buffers of the step: a captured step reads and writes only these.
         self.cursor = torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -112,16 +112,16 @@ class Trainer:
         """
         cfg, model, opt, B = self.config, self.model, self.optimizer, self.config.batch_size
         t = self.cursor
-        keep = self.keep.index_select(0, t)[0]
+        reset = self.resets.index_select(0, t)[0][:, None]
         for buffer in self.hidden:
-            buffer.mul_(keep)
-        inputs = self.inputs.index_select(0, t)[0]
-        targets = self.targets.index_select(0, t)[0]
+            buffer.masked_fill_(reset, 0.0)
+        inputs = self.inputs.index_select(0, t)[0].long()
+        targets = self.targets.index_select(0, t)[0].long()
         samples = self.store.take() if cfg.n_sample > 0 else None
         cols = torch.cat([targets, samples]) if samples is not None else targets
         mask = None
         if masked:
-            self.valid[:B] = self.active.index_select(0, t)[0]
+            self.valid[:B] = targets != model.pad
             mask = self.valid
         shared = model.mode == "shared"
         # Output rows (with the input rows in shared mode) are gathered once and updated once. On the CPU
@@ -145,7 +145,7 @@ class Trainer:
         h, cache = model.train_forward(x, hidden, self.generator)
         offsets = b  # per column: the bias, minus the logQ correction of cross-entropy
         if cfg.loss == "cross-entropy" and cfg.logq > 0:
-            log_q = self.target_log_q.index_select(0, t)[0]
+            log_q = self.target_log_q.index_select(0, targets)
             if samples is not None:
                 log_q = torch.cat([log_q, self.sample_log_q.index_select(0, samples)])
             offsets = b - log_q

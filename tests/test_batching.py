@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from gru4rec.batching import build_schedule
 
@@ -54,3 +55,64 @@ def test_every_pair_appears_exactly_once_in_order_within_its_session():
     for t in range(1, s.n_steps):
         cont = active[t] & ~s.resets[t]
         assert (s.inputs[t][cont] == s.targets[t - 1][cont]).all()
+
+
+def reference_schedule(lengths, batch_size, stop_below):
+    """Step by step, slot by slot, as the original iterator runs: (input, target, reset) rows per step."""
+    n = len(lengths)
+    session = list(range(min(batch_size, n))) + [None] * max(0, batch_size - n)
+    pos = [0] * batch_size
+    fresh = [s is not None for s in session]
+    next_session = min(batch_size, n)
+    rows = []
+    while True:
+        # Refill every slot whose session has no pair left, in slot order, as often as needed.
+        while True:
+            done = [b for b in range(batch_size) if session[b] is not None and pos[b] >= lengths[session[b]] - 1]
+            if not done:
+                break
+            for b in done:
+                if next_session < n:
+                    session[b], pos[b], fresh[b] = next_session, 0, True
+                    next_session += 1
+                else:
+                    session[b] = None
+            if sum(s is not None for s in session) < stop_below:
+                return rows
+        if all(s is None for s in session):
+            return rows
+        rows.append([(session[b], pos[b], fresh[b]) if session[b] is not None else None for b in range(batch_size)])
+        for b in range(batch_size):
+            if session[b] is not None:
+                pos[b] += 1
+                fresh[b] = False
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_a_step_by_step_reference(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        lengths = rng.integers(1 if seed % 2 else 2, 9, size=int(rng.integers(1, 40)))
+        batch_size, stop_below = int(rng.integers(1, 9)), int(rng.integers(1, 4))
+        items, offsets = sessions(*lengths)
+        s = build_schedule(items, offsets, batch_size=batch_size, pad=PAD, stop_below=stop_below)
+        rows = reference_schedule(lengths.tolist(), batch_size, stop_below)
+        assert s.n_steps == len(rows)
+        for t, row in enumerate(rows):
+            expected_in = [PAD if c is None else 10 * c[0] + c[1] for c in row]
+            assert s.inputs[t].tolist() == expected_in
+            assert s.targets[t].tolist() == [PAD if c is None else 10 * c[0] + c[1] + 1 for c in row]
+            assert s.resets[t].tolist() == [c is not None and c[2] for c in row]
+            assert s.n_active[t] == sum(c is not None for c in row)
+
+
+def test_int32_unless_the_padding_index_needs_int64():
+    items, offsets = sessions(3, 2, 4, 2, 3)
+    small = build_schedule(items, offsets, batch_size=2, pad=PAD)
+    wide = build_schedule(items, offsets, batch_size=2, pad=2**31)
+    assert small.inputs.dtype == np.int32 and small.inputs.itemsize + small.targets.itemsize + 1 == 9
+    assert wide.inputs.dtype == np.int64 and wide.targets.dtype == np.int64
+    for name in ("inputs", "targets"):
+        a, b = getattr(small, name), getattr(wide, name)
+        assert np.array_equal(np.where(a == PAD, -1, a), np.where(b == 2**31, -1, b))
+    assert np.array_equal(small.resets, wide.resets) and np.array_equal(small.n_active, wide.n_active)

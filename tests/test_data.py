@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -115,3 +117,46 @@ def test_pickles_need_the_explicit_switch(tmp_path):
 def _write(path, df):
     df.to_csv(path, sep="\t", index=False)
     return path
+
+
+RSC15 = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
+
+
+@pytest.mark.parametrize("variant", ["as written", "shuffled", "text sessions", "tied integer times"])
+@pytest.mark.parametrize("ext", ["tsv", "csv", "parquet"])
+def test_arrow_loading_equals_the_dataframe_path(tmp_path, variant, ext):
+    """The column-wise Arrow reader (with its no-sort path for ordered files) against `from_frame` on the
+    frame `read_events` gives, on real sessions, in orders that need the sort and ties it must keep."""
+    df = pd.read_csv(RSC15 / "train_full.tsv", sep="\t", nrows=20_000)
+    if variant == "shuffled":
+        df = df.sample(frac=1, random_state=1)
+    elif variant == "text sessions":
+        df = df.assign(SessionId="s" + df.SessionId.astype(str))
+    elif variant == "tied integer times":
+        df = df.assign(Time=(df.Time // 3600).astype(np.int64))  # many sessions start together
+    path = tmp_path / f"events.{ext}"
+    if ext == "parquet":
+        df.to_parquet(path)
+    else:
+        df.to_csv(path, sep="," if ext == "csv" else "\t", index=False)
+    loaded = load_session_data(path)
+    reference = SessionData.from_frame(read_events(path))
+    assert loaded.items.dtype == np.int32 and loaded.offsets.dtype == np.int32
+    assert np.array_equal(loaded.items, reference.items) and np.array_equal(loaded.offsets, reference.offsets)
+    assert loaded.item_ids.equals(reference.item_ids) and loaded.item_ids.dtype == reference.item_ids.dtype
+    test = pd.read_csv(RSC15 / "test.tsv", sep="\t")
+    test.iloc[:500].to_parquet(tmp_path / "test.parquet")
+    mapped = load_session_data(tmp_path / "test.parquet", loaded.item_ids)
+    expected = SessionData.from_frame(test.iloc[:500], reference.item_ids)
+    assert mapped.n_dropped == expected.n_dropped > 0
+    assert np.array_equal(mapped.items, expected.items) and np.array_equal(mapped.offsets, expected.offsets)
+
+
+def test_bad_files_still_get_the_line_named_by_the_arrow_path(tmp_path):
+    path = write(tmp_path, "b.parquet", "")
+    pd.DataFrame({"SessionId": [1, 1, 2], "ItemId": [5, None, 7], "Time": [1, 2, 3]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"b\.parquet: column 'ItemId' is empty or NaN at line 3"):
+        load_session_data(path)
+    path = write(tmp_path, "t.tsv", "SessionId\tItemId\tTime\n1\t5\t10\n1\t6\tinf\n")
+    with pytest.raises(DataError, match=r"t\.tsv: column 'Time' is empty, NaN or infinite at line 3"):
+        load_session_data(path)

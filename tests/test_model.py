@@ -106,3 +106,28 @@ def test_hand_derived_backward_equals_autograd(params):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     for got, want in zip(ours_hidden, ref_hidden):
         torch.testing.assert_close(got, want.detach())
+
+
+@pytest.mark.parametrize("mode", [dict(embedding=0, constrained_embedding=True),
+                                  dict(embedding=0, constrained_embedding=False),
+                                  dict(embedding=12, constrained_embedding=False)])
+def test_tables_initialised_in_row_chunks_equal_one_float64_draw(monkeypatch, mode):
+    """Item tables are filled a few rows at a time in float32; the values must be those of drawing each
+    whole block in float64 and rounding it (the draws of every earlier release)."""
+    import gru4rec.model as model_module
+    monkeypatch.setattr(model_module, "INIT_CHUNK", 7 * 40 + 3)  # chunks end mid-table, off row boundaries
+    config = Config.from_dict(dict(layers=[40, 24], **mode))
+    model = GRU4Rec(config, N)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def whole(rows, cols, n_blocks):
+        bound = math.sqrt(6.0 / (rows + cols))
+        return torch.cat([(torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+                          for _ in range(n_blocks)], dim=1).float()
+
+    assert torch.equal(model.Wy[:N], whole(N, 24, 1)) and not model.Wy[N].any()
+    if model.mode == "separate":
+        assert torch.equal(model.E[:N], whole(N, 12, 1))
+    if model.mode == "none":
+        assert torch.equal(model.Wx0[:N], whole(N, 40, 3))
+        assert torch.equal(model.Urz0, whole(40, 40, 2)) and torch.equal(model.Un0, whole(40, 40, 1))

@@ -295,3 +295,22 @@ def test_a_state_saved_on_another_device_kind_continues(splits, tmp_path):
         assert torch.equal(p, resumed.model.state_dict()[name]), name
     resumed.fit(3)
     assert resumed.epoch == 3 and np.isfinite(metrics(resumed, test)[1])
+
+
+def test_int64_index_arrays_train_and_evaluate_exactly_as_int32(splits, monkeypatch):
+    """Catalogues past 2^31 items use int64 data and schedules; forced here, they must change nothing."""
+    train, test = splits
+    config = Config.from_dict(dict(CASES[0], layers=[32], batch_size=16, n_epochs=2))
+    compact = Trainer(config, train, device="cpu", threads=1)
+    assert compact.inputs.dtype == torch.int32 and train.items.dtype == np.int32
+    losses = [compact.train_epoch().loss for _ in range(2)]
+    import gru4rec.batching
+    monkeypatch.setattr(gru4rec.batching, "index_dtype", lambda largest: np.dtype(np.int64))
+    wide_train = SessionData(train.items.astype(np.int64), train.offsets.astype(np.int64), train.item_ids)
+    wide_test = SessionData(test.items.astype(np.int64), test.offsets.astype(np.int64), test.item_ids)
+    wide = Trainer(config, wide_train, device="cpu", threads=1)
+    assert wide.inputs.dtype == torch.int64
+    assert [wide.train_epoch().loss for _ in range(2)] == losses
+    for name, tensor in compact.model.state_dict().items():
+        assert torch.equal(tensor, wide.model.state_dict()[name]), name
+    assert metrics(wide, wide_test) == metrics(compact, test)
