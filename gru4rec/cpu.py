@@ -36,6 +36,18 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def release_freed_memory() -> bool:
+    """Hand the heap memory freed so far back to the system (what `keep_freed_memory` keeps); False without glibc.
+
+    For a process that runs one training after another: without it, each keeps the peak of temporaries of
+    the largest one before it.
+    """
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 @functools.cache
 def _default_threads() -> int:
     """torch's thread count when first asked (before any choice here changed it)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -11,7 +12,7 @@ import torch
 
 from .batching import build_schedule
 from .config import Config
-from .cpu import ThreadChoice, UniqueRows, keep_freed_memory, thread_candidates
+from .cpu import ThreadChoice, UniqueRows, keep_freed_memory, release_freed_memory, thread_candidates
 from .data import SessionData
 from .evaluate import EvalResult, evaluate
 from .graphs import CapturedStep
@@ -47,6 +48,16 @@ class EpochInfo:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_memory(device: str | torch.device) -> None:
+    """Give the memory of ended trainings back: the cached CUDA blocks, or the heap glibc keeps for reuse.
+
+    Call it once a trainer is gone (its object freed) in a process that goes on to other work.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    release_freed_memory()
 
 
 class Trainer:
@@ -101,7 +112,9 @@ class Trainer:
         capture = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if capture and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a CUDA device")
-        self.steps = {masked: CapturedStep(lambda masked=masked: self._step(masked), capture, (self.generator,))
+        # The steps hold the trainer weakly: no reference cycle, so a trainer is freed as soon as it is dropped.
+        step = weakref.WeakMethod(self._step)
+        self.steps = {masked: CapturedStep(lambda masked=masked: step()(masked), capture, (self.generator,))
                       for masked in (False, True)}
 
     @torch.no_grad()

@@ -18,9 +18,9 @@ from gru4rec import ConfigError, DataError
 
 from .cluster import Resources, connect_ray, plan_resources
 from .finalize import correlation_notes, export, finalize
-from .ledger import Outcome, best, rung_correlations
-from .settings import (DEFAULT_STORAGE, EXPERIMENT, NAME_PATTERN, POLICIES, SETTINGS_FILE, DriverLock, SearchError,
-                       SearchSettings, Store, is_uri, resolve_storage)
+from .ledger import Outcome, best, checkpoint_epochs, rung_correlations
+from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EXPERIMENT, NAME_PATTERN, POLICIES, SETTINGS_FILE,
+                       DriverLock, SearchError, SearchSettings, Store, is_uri, resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
                      read_space_text)
 from .study import SearchData, checkpoint_bound, optuna_storage, run_search, study_progress
@@ -63,7 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         losses=losses, modes=modes, spaces=spaces, fixed=parse_fixed(args.fixed or ""), trials=args.trials,
         epochs=args.epochs, storage=args.storage, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, max_failures=args.max_failures, optuna_storage=args.optuna_storage,
+        reduction_factor=args.reduction_factor, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures, optuna_storage=args.optuna_storage,
         optuna_study=args.optuna_study or args.name, allow_pickle=args.allow_pickle, top_k=args.top_k,
         seeds=args.seeds, policy=args.studies,
         warm_start=[p.strip() for p in (args.warm_start or "").split(",") if p.strip()])
@@ -185,7 +185,8 @@ def execute(settings: SearchSettings, store: Store, data: SearchData, args: argp
               f"{resources.cpus:g} CPU / {resources.gpus:g} GPU each")
         print(f"results: {settings.search_uri}   TensorBoard: tensorboard --logdir {settings.search_uri}")
         print(f"disk: checkpoints stay below {settings.disk_bound / 2**20:,.1f} MB "
-              f"(2 per running trial + 1; an ended trial keeps its metrics only)")
+              f"(2 per running trial + 1; an ended trial keeps its metrics only); a trial saves its training "
+              f"state after epochs {', '.join(map(str, saved_epochs(settings)))}")
         if dashboard:
             print(f"Ray dashboard: {dashboard}")
         print(f"Optuna dashboard: gru4rec-search dashboard {settings.name} --storage {settings.storage}")
@@ -235,8 +236,10 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{'best MRR@20':>12}  best config")
     print(header)
     notes = []
+    written = 0
     for plan in settings.plans():
         p = study_progress(settings, plan)
+        written += sum(r.checkpoint_bytes for r in p.records)
         if not p.started:
             print(f"{plan.name:<16} {'not started':>9}")
             continue
@@ -251,9 +254,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                                                                 settings.reduction_factor))
     bound = f"{settings.disk_bound / 2**20:,.1f} MB" if settings.disk_bound else "unknown"
     print(f"disk: {EXPERIMENT}/ holds {store.size(EXPERIMENT) / 2**20:,.1f} MB; its checkpoints stay below {bound}")
+    print(f"written: {written / 2**20:,.1f} MB of training states so far (a trial saves its state after epochs "
+          f"{', '.join(map(str, saved_epochs(settings)))})")
     for line in notes:
         print(line)
     return 0
+
+
+def saved_epochs(settings: SearchSettings) -> list[int]:
+    """The epochs after which a trial of the search saves its training state."""
+    return checkpoint_epochs(settings.epochs, settings.grace_period, settings.reduction_factor,
+                             settings.checkpoint_every)
 
 
 def tidy_value(value) -> str:
@@ -315,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
     run.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     run.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep 1/r at each rung (default 3)")
+    run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="K",
+                     help="a trial saves its training state at ASHA's rungs, at its last epoch, and so that at most K "
+                          f"epochs pass between two saves (0: rungs and last epoch only; default {CHECKPOINT_EVERY})")
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker dies")
     run.add_argument("--storage", default=DEFAULT_STORAGE,
                      help=f"results root: path or URI (default: {DEFAULT_STORAGE})")

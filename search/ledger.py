@@ -57,6 +57,7 @@ class TrialRecord:
     recall: list[float] = field(default_factory=list)
     seconds: float = 0.0
     device: str = ""
+    checkpoint_bytes: int = 0  # training states the trial wrote to the storage, in bytes
 
     @property
     def epochs(self) -> int:
@@ -115,7 +116,8 @@ def record(study: str, trial: dict[str, Any], results: list[dict[str, Any]], n_e
     return TrialRecord(study=study, trial_id=trial["trial_id"], outcome=outcome,
                        params={k: trial["config"][k] for k in space if k in trial["config"]},
                        mrr=[r[METRIC] for r in epochs], recall=[r.get(RECALL, 0.0) for r in epochs],
-                       seconds=float(last.get("time_total_s", 0.0)), device=str(last.get("device", "")))
+                       seconds=float(last.get("time_total_s", 0.0)), device=str(last.get("device", "")),
+                       checkpoint_bytes=sum(int(r.get("checkpoint_bytes", 0)) for r in results))
 
 
 def counts(records: list[TrialRecord]) -> dict[Outcome, int]:
@@ -141,6 +143,24 @@ def rung_epochs(n_epochs: int, grace_period: int, reduction_factor: float) -> li
         epoch *= reduction_factor
         epoch = int(round(epoch)) if abs(epoch - round(epoch)) < 1e-9 else int(epoch) + 1
     return sorted(set(rungs))
+
+
+def checkpoint_epochs(n_epochs: int, grace_period: int, reduction_factor: float, every: int) -> list[int]:
+    """The epochs after which a trial saves its training state: ASHA's rungs, the last epoch, and enough
+    others that no more than `every` epochs pass between two (0: rungs and the last epoch only).
+
+    A resumed trial continues from its last saved epoch, so with a state at every rung a resume never
+    replays a rung ASHA has already decided on; `every` bounds the epochs a kill can cost.
+    """
+    marks = sorted(set(rung_epochs(n_epochs, grace_period, reduction_factor)) | {n_epochs})
+    saved, last = [], 0
+    for mark in marks:
+        while every and mark - last > every:
+            last += every
+            saved.append(last)
+        saved.append(mark)
+        last = mark
+    return saved
 
 
 def rung_correlations(records: list[TrialRecord], n_epochs: int, grace_period: int,

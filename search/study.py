@@ -19,12 +19,12 @@ import ray
 from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.logger import TBXLoggerCallback
 
-from gru4rec import SessionData, load_session_data
+from gru4rec import SessionData, free_memory, load_session_data
 from gru4rec.checkpoint import training_state_bytes
 from gru4rec.config import Config
 
 from .cluster import Resources
-from .ledger import METRICS_FILE, Outcome, TrialRecord, counts, read_results, record
+from .ledger import METRICS_FILE, Outcome, TrialRecord, checkpoint_epochs, counts, read_results, record
 from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Store
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
@@ -79,12 +79,13 @@ class JournalMirror(Callback):
 
 @dataclass
 class SearchData:
-    """The four splits, loaded once by the driver (validation and test use their training item maps)."""
+    """The four splits, loaded once by the driver (validation and test use their training item maps) and
+    handed over to Ray's object store, after which the driver holds none of them."""
 
-    train: SessionData
-    valid: SessionData
-    train_full: SessionData
-    test: SessionData
+    train: SessionData | None
+    valid: SessionData | None
+    train_full: SessionData | None
+    test: SessionData | None
 
     @classmethod
     def load(cls, settings: SearchSettings) -> "SearchData":
@@ -99,8 +100,14 @@ class SearchData:
         return data
 
     def put(self) -> dict[str, ray.ObjectRef]:
-        """The splits in Ray's object store, once per search; trials and retrains fetch them from there."""
-        return {name: ray.put(getattr(self, name)) for name in ("train", "valid", "train_full", "test")}
+        """Move the splits into Ray's object store, once per search: trials, retrains and the baselines fetch
+        them from there, and the driver's own copies are dropped (its memory stays that of the search state)."""
+        names = ("train", "valid", "train_full", "test")
+        refs = {name: ray.put(getattr(self, name)) for name in names}
+        for name in names:
+            setattr(self, name, None)
+        free_memory("cpu")
+        return refs
 
 
 def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, resources: Resources) -> int:
@@ -187,7 +194,10 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
 
     `verbose` is Tune's: 0 silent, 1 progress tables and trial results, 2 more detail.
     """
-    setups = {plan.name: TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed) for plan in plans}
+    saved = frozenset(checkpoint_epochs(settings.epochs, settings.grace_period, settings.reduction_factor,
+                                        settings.checkpoint_every))
+    setups = {plan.name: TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed, checkpoint_epochs=saved)
+              for plan in plans}
     trainable = make_trainable(setups, {k: data[k] for k in ("train", "valid")}, resources.bundle())
     path = settings.experiment_uri
     for key, value in TUNE_ENVIRONMENT.items():

@@ -1,7 +1,9 @@
 """One trial: the real GRU4Rec trainer on the trial's device, reporting validation MRR@20 and Recall@20 per epoch.
 
-Every report carries a checkpoint with the exact training state (safetensors), so Ray can resume a trial
-after a driver crash or retry it after a worker failure from its last finished epoch.
+The reports of the search's checkpoint epochs (ASHA's rungs, the last epoch, and every few epochs between)
+carry a checkpoint with the exact training state (safetensors), so Ray can resume a trial after a driver
+crash or retry it after a worker failure from its last saved epoch. A trial gives its memory back when it
+ends: Ray reuses the worker process for the next one.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from ray import tune
 from ray.util.metrics import Gauge
 
-from gru4rec import Config, EpochInfo, SessionData, Trainer, TrainingError
+from gru4rec import Config, EpochInfo, SessionData, Trainer, TrainingError, free_memory
 from gru4rec.checkpoint import load_training_state, save_training_state
 
 from .ledger import METRIC, METRICS_FILE, RECALL, read_results
@@ -33,11 +35,13 @@ _gauges: dict[str, Gauge] = {}
 
 @dataclass(frozen=True)
 class TrialSetup:
-    """What every trial of a study shares: the search and study names and the fixed parameters."""
+    """What every trial of a study shares: the search and study names, the fixed parameters, and the epochs
+    after which a trial saves its training state."""
 
     search: str
     study: str
     fixed: dict[str, Any]
+    checkpoint_epochs: frozenset[int]
 
 
 def trial_config(setup: TrialSetup, params: dict[str, Any]) -> Config:
@@ -107,9 +111,14 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
         recall_gauge.set(metrics.recall[20], tags=tags)
         result = {METRIC: metrics.mrr[20], RECALL: metrics.recall[20], "epoch": info.epoch, "loss": info.loss,
                   "epoch_seconds": info.seconds, "events_per_s": info.events_per_s, "diverged": 0}
-        record(result)
+        if info.epoch not in setup.checkpoint_epochs:
+            record(result)
+            tune.report({**result, "device": device})
+            return
         with tempfile.TemporaryDirectory(prefix="gru4rec-trial-") as directory:
-            save_training_state(Path(directory) / STATE_FILE, trainer.state_dict())
+            path = Path(directory) / STATE_FILE
+            save_training_state(path, trainer.state_dict())
+            record({**result, "checkpoint_bytes": path.stat().st_size})
             tune.report({**result, "device": device}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
@@ -125,6 +134,9 @@ def make_trainable(setups: dict[str, TrialSetup], data: dict[str, ray.ObjectRef]
                    resources: dict[str, float]) -> Callable:
     """The Tune trainable of a search: a trial's config names its study; the splits are in the object store."""
     def gru4rec_trial(params: dict[str, Any]) -> None:
-        run_trial(params, setups[params[STUDY_KEY]], data)
+        try:
+            run_trial(params, setups[params[STUDY_KEY]], data)
+        finally:
+            free_memory(device_for_task())
 
     return tune.with_resources(gru4rec_trial, resources)

@@ -60,3 +60,14 @@ def test_rung_correlations():
     assert rung_correlations(make(same_order), 3, 1, 2) == {"1": pytest.approx(1.0), "2": pytest.approx(1.0)}
     assert rung_correlations(make(reversed_first), 3, 1, 2)["1"] == pytest.approx(-1.0)
     assert rung_correlations(make(same_order[:2]), 3, 1, 2) == {"1": None, "2": None}
+
+
+def test_checkpoint_epochs_are_the_rungs_the_last_epoch_and_enough_between():
+    from search.ledger import checkpoint_epochs
+    # Rungs of grace period 1 and reduction factor 3 below 10: 1, 3, 9.
+    assert checkpoint_epochs(10, 1, 3, 0) == [1, 3, 9, 10]
+    assert checkpoint_epochs(10, 1, 3, 6) == [1, 3, 9, 10]  # no gap longer than 6: nothing to add
+    assert checkpoint_epochs(10, 1, 3, 5) == [1, 3, 8, 9, 10]  # 3 -> 9 is 6 epochs: one more after 8
+    assert checkpoint_epochs(30, 1, 3, 6) == [1, 3, 9, 15, 21, 27, 30]
+    assert checkpoint_epochs(12, 4, 2, 3) == [3, 4, 7, 8, 11, 12]  # rungs 4 and 8, and the first gap too
+    assert checkpoint_epochs(1, 1, 3, 6) == [1]

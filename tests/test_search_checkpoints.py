@@ -1,0 +1,104 @@
+"""Sparse checkpoints in a real search: a trial saves its training state only after ASHA's rungs and its last
+epoch, a driver killed after an unsaved epoch resumes the trial from the older state and retrains exactly
+what a run without the kill trains, and `status` prints the bytes of state written."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs
+import pytest
+
+from gru4rec import Config, Trainer, load_session_data
+from search.ledger import checkpoint_epochs, read_results
+from search.settings import SearchSettings
+from search.tune_ext import STUDY_KEY, read_state
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA / "train_tr.tsv").is_file(), reason=f"{DATA} is not present")]
+SPACE = [{"name": "layers", "dtype": "int", "values": [32, 64], "step": 32},
+         {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05}]
+EPOCHS, RUNGS_AND_LAST = 4, [1, 3, 4]  # grace period 1, reduction factor 3: rungs at 1 and 3
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_trials_save_at_rungs_and_end_and_a_kill_after_an_unsaved_epoch_replays_it_exactly(tmp_path):
+    assert checkpoint_epochs(EPOCHS, 1, 3, 0) == RUNGS_AND_LAST
+    space = tmp_path / "space.jsonl"
+    space.write_text("".join(json.dumps(e) + "\n" for e in SPACE))
+    store, procs = tmp_path / "store", []
+    experiment = store / "ckpt" / "trials"
+
+    def start(args, log):
+        proc = subprocess.Popen([str(a) for a in args], stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT,
+                                cwd=tmp_path, env=ENV, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    def trials():
+        try:
+            return read_state(pyarrow.fs.LocalFileSystem(), str(experiment)) or []
+        except (json.JSONDecodeError, OSError, KeyError):
+            return []
+
+    def results(trial):
+        return read_results(pyarrow.fs.LocalFileSystem(), str(experiment / trial["dir"] / "metrics.jsonl"))
+
+    common = ["--storage", store, "--local-cpus", "2", "--no-dashboard", "--quiet"]
+    try:
+        driver = start([BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid",
+                        DATA / "train_valid.tsv", "--train-full", DATA / "train_full.tsv", "--test", DATA / "test.tsv",
+                        "--name", "ckpt", "--losses", "xe", "--modes", "shared", "--space", space,
+                        "--fixed", "n_sample=128,batch_size=128", "--trials", "3", "--epochs", EPOCHS,
+                        "--max-concurrent", "1", "--grace-period", "1", "--reduction-factor", "3",
+                        "--checkpoint-every", "0", "--top-k", "1", "--seeds", "1", *common], "run.log")
+        deadline = time.time() + 300
+        killed = None
+        while killed is None:  # the driver dies just after a trial's second epoch, which saved no state
+            assert driver.poll() is None and time.time() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+            killed = next((t for t in trials() if t["status"] == "RUNNING" and len(results(t)) == 2), None)
+            time.sleep(0.02)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        before = results(killed)
+        assert "after epochs 1, 3, 4" in (tmp_path / "run.log").read_text()
+        resumed = start([BIN / "gru4rec-search", "resume", "ckpt", *common], "resume.log")
+        assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-4000:]
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    written = 0
+    for trial in trials():
+        lines = results(trial)
+        saved = [r["epoch"] for r in lines if "checkpoint_bytes" in r]
+        assert saved == [e for e in RUNGS_AND_LAST if e <= lines[-1]["epoch"]], (trial["trial_id"], lines)
+        written += sum(r["checkpoint_bytes"] for r in lines if "checkpoint_bytes" in r)
+
+    # The killed trial went on from its epoch-1 state: epochs 2.. trained again, as a run without the kill does.
+    lines = results(next(t for t in trials() if t["trial_id"] == killed["trial_id"]))
+    assert [r["epoch"] for r in lines] == list(range(1, len(lines) + 1)) and len(lines) >= 2
+    assert lines[0] == before[0] and lines[1]["time_total_s"] != before[1]["time_total_s"]  # from epoch 1's state
+    settings = SearchSettings.from_json((store / "ckpt" / "search.json").read_text(), "search.json")
+    params = {k: v for k, v in killed["config"].items() if k != STUDY_KEY}
+    config = Config.from_dict({**settings.plans()[0].fixed, **params})
+    train = load_session_data(DATA / "train_tr.tsv")
+    valid = load_session_data(DATA / "train_valid.tsv", train.item_ids)
+    uninterrupted = []
+    Trainer(config, train, device="cpu", threads=1).fit(
+        len(lines), valid=valid, callback=lambda info: uninterrupted.append(info.metrics.mrr[20]))
+    assert [r["mrr@20"] for r in lines] == pytest.approx(uninterrupted, abs=1e-6)
+
+    status = subprocess.run([BIN / "gru4rec-search", "status", "ckpt", "--storage", store], capture_output=True,
+                            text=True, env=ENV).stdout
+    assert re.search(rf"written: {written / 2**20:,.1f} MB of training states", status), status
