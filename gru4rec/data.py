@@ -269,6 +269,8 @@ def load_session_data(path: str | os.PathLike, item_ids: pd.Index | None = None,
             return _from_arrow(path, item_ids, session_key, item_key, time_key)
         except (pa.ArrowException, KeyError, _Unchecked):
             pass
+        finally:
+            _release()  # what the reader held, now that it is gone
     df = read_events(path, session_key, item_key, time_key, allow_pickle)
     return SessionData.from_frame(df, item_ids, session_key, item_key, time_key, source=str(path))
 
@@ -300,9 +302,7 @@ def _from_arrow(path: Path, item_ids: pd.Index | None, session_key: str, item_ke
             raise _Unchecked(time_key)
         return pc.cast(time, pa.float64())
 
-    data = _arrange(item_codes, column(session_key), read_time, item_ids, str(path))
-    _release()
-    return data
+    return _arrange(item_codes, column(session_key), read_time, item_ids, str(path))
 
 
 def _arrow_columns(path: Path, names: list[str], text: str) -> Callable[[str], pa.ChunkedArray]:

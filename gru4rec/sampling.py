@@ -29,7 +29,8 @@ class SampleStore:
         self.rows = max(1, store_size // n_sample) if n_sample > 0 else 0
         self.generator = generator
         self.device = device
-        self.store = torch.empty((0, n_sample), dtype=torch.int64, device=device)
+        self.int32 = self.n_items < 2 ** 31  # half the store's memory for any real catalogue
+        self.store = torch.empty((0, n_sample), dtype=torch.int32 if self.int32 else torch.int64, device=device)
         self.ptr = 0
         self.ptr_dev = torch.zeros(1, dtype=torch.int64, device=device)
         self.fill_state: torch.Tensor | None = None
@@ -49,9 +50,10 @@ class SampleStore:
         """Item index of each uniform draw; on the CPU, chunks run on all torch threads at once."""
         threads = torch.get_num_threads()
         if u.device.type != "cpu" or threads == 1 or len(u) < 1 << 20:
-            return torch.searchsorted(self.cdf, u, right=True)
+            return torch.searchsorted(self.cdf, u, right=True, out_int32=self.int32)
         with ThreadPoolExecutor(threads) as pool:  # torch.searchsorted is single-threaded on the CPU
-            parts = pool.map(lambda chunk: torch.searchsorted(self.cdf, chunk, right=True), u.chunk(threads))
+            parts = pool.map(lambda chunk: torch.searchsorted(self.cdf, chunk, right=True, out_int32=self.int32),
+                             u.chunk(threads))
             return torch.cat(list(parts))
 
     def reserve(self) -> None:
@@ -61,8 +63,8 @@ class SampleStore:
         self.ptr += 1
 
     def take(self) -> torch.Tensor:
-        """Device side of a step: the next row (no host involvement, so it can be captured)."""
-        row = self.store.index_select(0, self.ptr_dev)[0]
+        """Device side of a step: the next row as int64 indices (no host involvement, so it can be captured)."""
+        row = self.store.index_select(0, self.ptr_dev)[0].long()
         self.ptr_dev.add_(1)
         return row
 

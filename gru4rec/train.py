@@ -102,6 +102,8 @@ class Trainer:
         self.n_active = torch.as_tensor(schedule.n_active, device=self.device, dtype=torch.float32)
         self.full = schedule.n_active == config.batch_size  # host-side: steps that need no masking
         del schedule
+        if self.device.type == "cpu":
+            release_freed_memory()  # the building's temporaries; the steps' own are kept from here on
         self.epoch = 0
         # Static buffers of the step: a captured step reads and writes only these.
         self.cursor = torch.zeros(1, dtype=torch.int64, device=self.device)
