@@ -91,10 +91,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--events {args.events}: generate at least 100 events (four splits of sessions)")
     if args.items is not None and args.items < 2:
         raise UsageError(f"--items {args.items}: need at least 2 items")
-    if not args.test_days > 0:
-        raise UsageError(f"--test-days {args.test_days}: must be a number of days > 0")
     spec = SyntheticSpec(n_events=args.events, n_items=args.items, seed=args.seed)
-    paths = write_splits(args.out_dir, spec, test_days=args.test_days)
+    if not 0 < args.test_days < spec.days / 2:
+        raise UsageError(f"--test-days {args.test_days}: must be > 0 and under half of the {spec.days:g} days "
+                         "generated (two test windows come off their end)")
+    paths = write_splits(args.out_dir, spec, test_days=args.test_days, formats=(args.format,))
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -130,12 +131,22 @@ def add_run_parser(subparsers) -> None:
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="write synthetic session data (train_full, test, train_tr, train_valid)",
-        description="Generate sessions with Zipf item popularity and sparse Markov transitions, split by time.")
-    p.add_argument("out_dir", help="directory for the four .tsv splits")
+        description=f"Generate {SyntheticSpec.days:g} days of sessions, each following a latent intent (one of "
+                    f"{SyntheticSpec.n_intents} overlapping groups of items; Zipf popularity overall and inside each): "
+                    "the next item is a successor of the previous one within the intent, a step back to the item "
+                    "before it, or a popular item of the intent. A first-order Markov model sees only the previous "
+                    "item, so a sequence model beats it. The sessions of the last --test-days days are the test "
+                    "split; the same split of the rest gives train_tr and train_valid.")
+    p.add_argument("out_dir", help="directory for the four splits, replaced as a whole: a new one, or one that holds "
+                                   "only these files")
     p.add_argument("--events", type=int, default=100_000, help="number of events (default: 100000)")
-    p.add_argument("--items", type=int, default=None, help="number of items (default: events / 25)")
-    p.add_argument("--test-days", type=float, default=1.0, help="days of sessions in each test split (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--items", type=int, default=None, help="number of items (default: events / 25, within 50..1000000)")
+    p.add_argument("--test-days", type=float, default=1.0,
+                   help=f"days of sessions in each test split, under {SyntheticSpec.days / 2:g} (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data (default: 0)")
+    p.add_argument("--format", choices=("tsv", "parquet"), default="tsv",
+                   help="tsv: TAB-separated with header SessionId, ItemId, Time; parquet: faster to load "
+                        "(default: tsv)")
     p.set_defaults(func=cmd_generate)
 
 

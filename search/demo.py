@@ -32,7 +32,7 @@ SPACE = [
 def main() -> int:
     """Generate data, run the search, print the table and where everything is."""
     start = time.perf_counter()
-    splits = write_splits(OUT / "data", SyntheticSpec(n_events=30_000, seed=0))
+    splits = write_splits(OUT / "data", SyntheticSpec(n_events=30_000, days=7, seed=0))  # a week: ~3k test events
     space = OUT / "demo_space.jsonl"
     space.write_text("".join(json.dumps(entry) + "\n" for entry in SPACE))
     storage = OUT / "searches"
