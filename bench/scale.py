@@ -107,7 +107,7 @@ def train_phase(job: dict) -> dict:
               "build_peak_bytes": status_bytes("VmHWM")}
     result.update(training_speed(trainer, job["warmup"], job["steps"], job["repeats"]))
     result.update(evaluation_speed(trainer.model, train.item_ids, job))
-    result["checkpoint_bytes"] = checkpoint_bytes(trainer, Path(job["scratch"]))
+    result["checkpoint_bytes"], result["checkpoint_seconds"] = save_state(trainer, Path(job["scratch"]))
     result["trial_states"] = states_per_trial(TRIAL_EPOCHS)
     result["trial_write_bytes"] = result["trial_states"] * result["checkpoint_bytes"]
     return result
@@ -198,14 +198,19 @@ def write_head(source: Path, target: Path, predictions: int) -> None:
     frame[frame["SessionId"].isin(lengths.index[:n_sessions])].to_parquet(target, index=False)
 
 
-def checkpoint_bytes(trainer: Any, scratch: Path) -> int:
-    """The size of the file `save_training_state` writes for the trainer's current state."""
+def save_state(trainer: Any, scratch: Path) -> tuple[int, float]:
+    """The size of the file `save_training_state` writes for the trainer's current state, and the seconds it took
+    (to local disk, flushed: what one checkpoint costs a trial before the storage's own upload)."""
     from gru4rec.checkpoint import save_training_state
     path = scratch / "state.safetensors"
+    start = time.perf_counter()
     save_training_state(path, trainer.state_dict())
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - start
     size = path.stat().st_size
     path.unlink()
-    return size
+    return size, seconds
 
 
 def baselines_phase(job: dict) -> dict:
@@ -307,6 +312,7 @@ ROWS += [Row("trainer build: seconds", "train", "build_seconds", "s"),
          Row("baselines: seconds", "baselines", "seconds", "s"),
          Row("baselines: peak RSS", "baselines", "peak_bytes", "bytes"),
          Row("training state: bytes per checkpoint", "train", "checkpoint_bytes", "bytes"),
+         Row("training state: seconds to save (local disk)", "train", "checkpoint_seconds", "s"),
          Row(f"{TRIAL_EPOCHS}-epoch trial: training states written", "train", "trial_states", "count"),
          Row(f"{TRIAL_EPOCHS}-epoch trial: bytes written to storage", "train", "trial_write_bytes", "bytes"),
          Row("search driver: peak RSS", "driver", "driver_peak_bytes", "bytes"),
