@@ -62,24 +62,24 @@ def build_schedule(items: np.ndarray, offsets: np.ndarray, batch_size: int, pad:
     taken = np.flatnonzero((pairs[:len(starts)] > 0) & (starts < n_steps))
     lengths = np.minimum(pairs[taken], n_steps - starts[taken])
     resets[starts[taken], slots[taken]] = True
-    delta = np.zeros(n_steps + 1, dtype=np.int64)
-    np.add.at(delta, starts[taken], 1)
-    np.add.at(delta, starts[taken] + lengths, -1)
+    n_active = np.cumsum(np.bincount(starts[taken], minlength=n_steps + 1)
+                         - np.bincount(starts[taken] + lengths, minlength=n_steps + 1))[:-1]
     ends = np.cumsum(lengths)
+    flat_inputs, flat_targets = inputs.reshape(-1), targets.reshape(-1)
     lo = 0
     while lo < len(taken):  # blocks of sessions, so that the per-pair index arrays stay small
-        hi = int(np.searchsorted(ends, ends[lo] - lengths[lo] + FILL_PAIRS, side="right"))
-        hi = max(hi, lo + 1)
+        hi = max(int(np.searchsorted(ends, ends[lo] - lengths[lo] + FILL_PAIRS, side="right")), lo + 1)
         block, n = taken[lo:hi], lengths[lo:hi]
-        first = np.repeat(np.cumsum(n) - n, n)
-        k = np.arange(len(first)) - first  # pair index within its session
-        step = np.repeat(starts[block].astype(np.int64), n) + k
-        slot = np.repeat(slots[block], n)
-        source = np.repeat(offsets[block].astype(np.int64), n) + k
-        inputs[step, slot] = items[source]
-        targets[step, slot] = items[source + 1]
+        before = np.cumsum(n) - n  # pairs of the block before each session's first
+        pair = np.arange(int(n.sum()))
+        # Pair k of a session sits at step start + k of its slot and reads events offset + k and offset + k + 1.
+        cell = np.repeat(starts[block].astype(np.int64) * batch_size + slots[block] - before * batch_size, n)
+        source = np.repeat(offsets[block].astype(np.int64) - before, n) + pair
+        cell += pair * batch_size
+        flat_inputs[cell] = items[source]
+        flat_targets[cell] = items[source + 1]
         lo = hi
-    return Schedule(inputs, targets, resets, np.cumsum(delta[:-1]).astype(index_dtype(batch_size)), pad)
+    return Schedule(inputs, targets, resets, n_active.astype(index_dtype(batch_size)), pad)
 
 
 def _assign_slots(pairs: np.ndarray, batch_size: int, stop_below: int) -> tuple[np.ndarray, np.ndarray, int]:
