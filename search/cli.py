@@ -16,14 +16,14 @@ import ray
 
 from gru4rec import ConfigError, DataError
 
-from .cluster import Resources, connect_ray, plan_resources
+from .cluster import MAX_TRIALS_PER_GPU, Resources, connect_ray, plan_resources
 from .finalize import correlation_notes, export, finalize
 from .ledger import Outcome, best, checkpoint_epochs, rung_correlations
 from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EXPERIMENT, NAME_PATTERN, POLICIES, SETTINGS_FILE,
                        DriverLock, SearchError, SearchSettings, Store, is_uri, resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
                      read_space_text)
-from .study import SearchData, checkpoint_bound, optuna_storage, run_search, study_progress
+from .study import SearchData, checkpoint_bound, largest_config, optuna_storage, run_search, study_progress
 from .warmstart import warm_configs
 
 PROG = "gru4rec-search"
@@ -63,15 +63,20 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         losses=losses, modes=modes, spaces=spaces, fixed=parse_fixed(args.fixed or ""), trials=args.trials,
         epochs=args.epochs, storage=args.storage, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures, optuna_storage=args.optuna_storage,
-        optuna_study=args.optuna_study or args.name, allow_pickle=args.allow_pickle, top_k=args.top_k,
-        seeds=args.seeds, policy=args.studies,
+        reduction_factor=args.reduction_factor, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
+        optuna_storage=args.optuna_storage, optuna_study=args.optuna_study or args.name, allow_pickle=args.allow_pickle, top_k=args.top_k,
+        seeds=args.seeds, policy=args.studies, gpu_memory=args.gpu_memory,
         warm_start=[p.strip() for p in (args.warm_start or "").split(",") if p.strip()])
     settings.validate()
     settings.make_paths_absolute()
     if not is_uri(settings.storage):
         settings.storage = resolve_storage(settings.storage)
     return settings
+
+
+def gpu_share(text: str) -> float | None:
+    """--gpus-per-trial: a number, or auto (None: sized per study at `run`)."""
+    return None if text == "auto" else float(text)
 
 
 def check_name(name: str) -> None:
@@ -169,20 +174,24 @@ def execute(settings: SearchSettings, store: Store, data: SearchData, args: argp
     optuna_storage(settings, store)  # a bad --optuna-storage fails here, before Ray starts
     dashboard = connect_ray(args.address, args.local_cpus, not args.no_dashboard, args.quiet)
     try:
+        plans = settings.plans()
         try:
-            resources = plan_resources(settings, ray.cluster_resources(), remote)
+            resources = plan_resources(settings, ray.cluster_resources(), remote,
+                                       {plan.name: largest_config(plan) for plan in plans}, data.train)
         except SearchError:
             if new:  # nothing has run: the search was never started
                 store.delete(SETTINGS_FILE)
             raise
-        plans = settings.plans()
         if new:
             settings.gpus_per_trial, settings.max_concurrent = resources.gpus, resources.max_concurrent
+            settings.study_gpus = resources.study_gpus
             settings.disk_bound = max(checkpoint_bound(settings, plan, data.train.n_items, resources) for plan in plans)
             store.write(SETTINGS_FILE, settings.to_json())
         print(f"search {settings.name}: {len(plans)} studies x {settings.trials} trials x "
               f"{settings.epochs} epochs, {resources.max_concurrent} trials at once, "
-              f"{resources.cpus:g} CPU / {resources.gpus:g} GPU each")
+              f"{resources.describe()}")
+        for line in resources.share_lines():
+            print(line)
         print(f"results: {settings.search_uri}   TensorBoard: tensorboard --logdir {settings.search_uri}")
         print(f"disk: checkpoints stay below {settings.disk_bound / 2**20:,.1f} MB "
               f"(2 per running trial + 1; an ended trial keeps its metrics only); a trial saves its training "
@@ -274,7 +283,7 @@ def tidy_value(value) -> str:
 def saved_resources(settings: SearchSettings) -> Resources:
     """The trial resources the search was started with (saved in search.json)."""
     return Resources(cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial or 0.0,
-                     max_concurrent=settings.max_concurrent or 1)
+                     max_concurrent=settings.max_concurrent or 1, study_gpus=settings.study_gpus)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -321,7 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, default=10, help="epochs of a full trial and of the retrain (default: 10)")
     run.add_argument("--space", help="space file for all losses, or xe=FILE,bpr-max=FILE (default: spaces/)")
     run.add_argument("--fixed", help="fixed parameters k=v,... (take them out of the space)")
-    run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: 0.25 with GPUs, else 0)")
+    run.add_argument("--gpus-per-trial", type=gpu_share, default=None, metavar="SHARE|auto",
+                     help="GPU share per trial, or auto: per study, as many trials per GPU as the memory model "
+                          f"fits at the largest config of its space, at most {MAX_TRIALS_PER_GPU} (default: auto; "
+                          "0 without GPUs)")
+    run.add_argument("--gpu-memory", type=float, metavar="GIB",
+                     help="memory of one GPU for auto shares (default: from Ray's accelerator type, else this "
+                          "machine's GPU 0)")
     run.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
     run.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
     run.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")

@@ -100,7 +100,9 @@ class SearchSettings:
     storage: str = DEFAULT_STORAGE
     seed: int = 0
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 0.25 when the Ray cluster has GPUs, else 0 (resolved at `run`)
+    gpus_per_trial: float | None = None  # None: auto, each study's share from the memory model (resolved at `run`)
+    gpu_memory: float | None = None  # GiB of one GPU for auto shares; None: Ray's accelerator type or this GPU
+    study_gpus: dict[str, float] = field(default_factory=dict)  # per-study GPU shares resolved by auto at `run`
     max_concurrent: int | None = None  # None: as many trials as the cluster's resources fit (resolved at `run`)
     grace_period: int = 1
     reduction_factor: float = 3.0
@@ -122,7 +124,9 @@ class SearchSettings:
             raise SearchError(f"--name {self.name!r}: use letters, digits, '_', '.' and '-' only")
         checks = [("--trials", self.trials >= 1, "an integer >= 1"), ("--epochs", self.epochs >= 1, "an integer >= 1"),
                   ("--cpus-per-trial", self.cpus_per_trial > 0, "a number > 0"),
-                  ("--gpus-per-trial", self.gpus_per_trial is None or self.gpus_per_trial >= 0, "a number >= 0"),
+                  ("--gpus-per-trial", self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+                   "auto or a number >= 0"),
+                  ("--gpu-memory", self.gpu_memory is None or self.gpu_memory > 0, "a number of GiB > 0"),
                   ("--max-concurrent", self.max_concurrent is None or self.max_concurrent >= 1, "an integer >= 1"),
                   ("--grace-period", 1 <= self.grace_period <= self.epochs,
                    f"an integer in 1..{self.epochs} (--epochs)"),

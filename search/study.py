@@ -110,16 +110,20 @@ class SearchData:
         return refs
 
 
-def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, resources: Resources) -> int:
-    """Bytes the checkpoints may take: two per running trial plus one, at the study space's largest model."""
+def largest_config(plan: StudyPlan) -> Config:
+    """The study space's largest model: every searched range at its top, with momentum (one more state table)."""
     largest = {}
     for name, dist in plan.space.items():
         if hasattr(dist, "high"):
             largest[name] = dist.high
         elif name == "layers":
             largest[name] = max(dist.choices)
-    config = Config.from_dict({**plan.fixed, **largest, "momentum": 0.5})
-    return (KEEP_CHECKPOINTS * resources.max_concurrent + 1) * training_state_bytes(config, n_items)
+    return Config.from_dict({**plan.fixed, **largest, "momentum": 0.5})
+
+
+def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, resources: Resources) -> int:
+    """Bytes the checkpoints may take: two per running trial plus one, at the study space's largest model."""
+    return (KEEP_CHECKPOINTS * resources.max_concurrent + 1) * training_state_bytes(largest_config(plan), n_items)
 
 
 def read_ledger(settings: SearchSettings, plan: StudyPlan) -> list[TrialRecord] | None:
@@ -198,7 +202,7 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
                                         settings.checkpoint_every))
     setups = {plan.name: TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed, checkpoint_epochs=saved)
               for plan in plans}
-    trainable = make_trainable(setups, {k: data[k] for k in ("train", "valid")}, resources.bundle())
+    trainable = make_trainable(setups, {k: data[k] for k in ("train", "valid")}, resources.trial_bundle)
     path = settings.experiment_uri
     for key, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)

@@ -131,8 +131,9 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
 
 
 def make_trainable(setups: dict[str, TrialSetup], data: dict[str, ray.ObjectRef],
-                   resources: dict[str, float]) -> Callable:
-    """The Tune trainable of a search: a trial's config names its study; the splits are in the object store."""
+                   resources: Callable[[dict], Any]) -> Callable:
+    """The Tune trainable of a search: a trial's config names its study; the splits are in the object store;
+    `resources` gives a trial's resource request from its config (GPU shares can differ by study)."""
     def gru4rec_trial(params: dict[str, Any]) -> None:
         try:
             run_trial(params, setups[params[STUDY_KEY]], data)

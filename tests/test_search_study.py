@@ -7,18 +7,21 @@ import optuna
 import pandas as pd
 import pyarrow.fs
 import pytest
+import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from gru4rec import Config, read_param_file
-from search.cluster import plan_resources
+from search.cli import build_parser
+from search.cluster import HEADROOM, MAX_TRIALS_PER_GPU, GpuMemory, Resources, plan_resources
 from search.finalize import StudyResult, exported_config, markdown_table, paramfile_text, summary
 from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
-from search.tune_ext import (DurableOptunaSearch, ResumableASHA, delete_stale_checkpoints, end_finished_trials,
-                             read_state)
+from search.study import largest_config
+from search.tune_ext import (STUDY_KEY, DurableOptunaSearch, ResumableASHA, delete_stale_checkpoints,
+                             end_finished_trials, read_state)
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
 
@@ -113,14 +116,83 @@ def test_bad_settings(changes, needle):
 
 def test_resources_and_concurrency():
     s = settings()
-    assert plan_resources(s, {"CPU": 2.0}, remote=False).max_concurrent == 2
-    r = plan_resources(s, {"CPU": 16.0, "GPU": 1.0}, remote=False)
-    assert (r.gpus, r.max_concurrent, r.bundle()) == (0.25, 4, {"cpu": 1.0, "gpu": 0.25})
+    r = plan_resources(s, {"CPU": 2.0}, remote=False)  # auto without GPUs: CPU trials
+    assert (r.gpus, r.study_gpus, r.max_concurrent, r.bundle()) == (0.0, {}, 2, {"cpu": 1.0})
+    r = plan_resources(settings(gpus_per_trial=0.25), {"CPU": 16.0, "GPU": 1.0}, remote=False)
+    assert (r.gpus, r.max_concurrent, r.bundle(), r.study_gpus) == (0.25, 4, {"cpu": 1.0, "gpu": 0.25}, {})
     assert plan_resources(settings(gpus_per_trial=0.5, max_concurrent=7), {"CPU": 16.0, "GPU": 1.0},
                           remote=False).max_concurrent == 7
     with pytest.raises(SearchError, match="has no GPU"):
         plan_resources(settings(gpus_per_trial=0.25), {"CPU": 2.0}, remote=False)
     assert plan_resources(settings(gpus_per_trial=0.25), {"CPU": 2.0}, remote=True).gpus == 0.25
+
+
+def auto_plan(cluster: dict, n_items: int, **changes) -> Resources:
+    """plan_resources with --gpus-per-trial auto on a described cluster and training data of `n_items` items."""
+    s = settings(fixed={}, modes=["none", "separate", "shared"], **changes)
+    train = SimpleNamespace(n_items=n_items, n_events=30_000_000, n_sessions=6_000_000)
+    return plan_resources(s, cluster, remote=False, largest={p.name: largest_config(p) for p in s.plans()},
+                          train=train)
+
+
+def test_auto_shares_pack_small_models_and_keep_large_ones_apart():
+    small = auto_plan({"CPU": 64.0, "GPU": 8.0}, 37_500, gpu_memory=80.0)
+    assert set(small.study_gpus.values()) == {1 / MAX_TRIALS_PER_GPU}  # a few GiB each: capped
+    assert small.max_concurrent == 8 * MAX_TRIALS_PER_GPU and small.gpus == 0.25
+    large = auto_plan({"CPU": 64.0, "GPU": 8.0}, 1_000_000, gpu_memory=80.0)
+    per_gpu = {share.study: share.trials_per_gpu for share in large.shares}
+    assert per_gpu["xe_none"] == per_gpu["bprmax_none"] == 1  # Wx0 has 3 x 512 columns: about 47 GiB
+    assert per_gpu["xe_shared"] == MAX_TRIALS_PER_GPU and 1 < per_gpu["xe_separate"] < MAX_TRIALS_PER_GPU
+    for share in large.shares:  # never more than fit with the headroom
+        assert share.trials_per_gpu * share.trial_bytes <= 80 * 2**30 * (1 - HEADROOM)
+        assert large.study_gpus[share.study] == share.gpus and share.gpus * share.trials_per_gpu <= 1
+    assert large.gpus == 1.0 and large.bundle("xe_shared") == {"cpu": 1.0, "gpu": 0.25}
+    assert large.trial_bundle({STUDY_KEY: "xe_none", "layers": 64}).required_resources == {"CPU": 1.0, "GPU": 1.0}
+    assert large.trial_bundle({STUDY_KEY: "xe_shared"}).required_resources == {"CPU": 1.0, "GPU": 0.25}
+    mean = sum(large.study_gpus.values()) / len(large.study_gpus)
+    assert large.max_concurrent == int(8 / mean)
+    assert "study xe_none: 1 trials per GPU (1 GPU each), about 4" in large.share_lines()[0]
+    assert large.describe() == f"1 CPU / {min(large.study_gpus.values()):g}-1 GPU by study each"
+
+
+def test_auto_share_of_a_trial_larger_than_a_gpu_is_a_clear_error():
+    with pytest.raises(SearchError) as info:
+        auto_plan({"CPU": 64.0, "GPU": 8.0}, 1_000_000, gpu_memory=24.0)
+    message = str(info.value)
+    assert message.startswith("study xe_none: a trial at the largest config of its space (layers=512, batch_size=256,")
+    assert "needs about 46.6 GiB of GPU memory on 1,000,000 items" in message
+    assert "a GPU has 24.0 GiB (--gpu-memory), 20.4 GiB of it usable" in message and "try anyway" not in message
+    with pytest.raises(SearchError, match=r"xe_none: .* 46.6 GiB .* or give --gpus-per-trial 1 to try anyway$"):
+        auto_plan({"CPU": 64.0, "GPU": 8.0}, 1_000_000, gpu_memory=50.0)
+
+
+def test_gpu_memory_from_the_accelerator_type_or_the_option():
+    cluster = {"CPU": 64.0, "GPU": 8.0, "accelerator_type:H100": 1.0}
+    r = auto_plan(cluster, 1_000_000)
+    assert r.shares[0].gpu == GpuMemory(79 * 2**30, "accelerator_type:H100")
+    assert auto_plan(cluster, 1_000_000, gpu_memory=139.0).shares[0].trials_per_gpu == 2
+    if not torch.cuda.is_available():  # nothing tells the memory: the option is asked for
+        with pytest.raises(SearchError, match="memory of the cluster's GPUs is unknown .accelerator type X1.; pass "
+                                              "--gpu-memory GIB"):
+            auto_plan({"CPU": 64.0, "GPU": 8.0, "accelerator_type:X1": 1.0}, 37_500)
+
+
+def test_saved_shares_are_reused_and_explicit_shares_honoured():
+    saved = {"xe_none": 1.0, "xe_separate": 0.5, "xe_shared": 0.25, "bprmax_none": 1.0, "bprmax_separate": 0.5,
+             "bprmax_shared": 0.25}
+    s = settings(study_gpus=saved, gpus_per_trial=1.0, gpu_memory=80.0)
+    again = SearchSettings.from_json(s.to_json(), "search.json")
+    assert again == s
+    r = plan_resources(again, {"CPU": 64.0, "GPU": 8.0}, remote=False)  # no model or data needed
+    assert (r.study_gpus, r.gpus, r.shares) == (saved, 1.0, [])
+    assert r.share_lines()[0] == "study xe_none: 1 GPU per trial (as sized at run)"
+    r = auto_plan({"CPU": 64.0, "GPU": 8.0}, 1_000_000, gpus_per_trial=0.5)
+    assert (r.gpus, r.study_gpus, r.max_concurrent, r.bundle("xe_none")) == (0.5, {}, 16, {"cpu": 1.0, "gpu": 0.5})
+    args = build_parser().parse_args(["run", "--train", "a", "--valid", "b", "--train-full", "c", "--test", "d",
+                                      "--name", "n", "--gpu-memory", "40"])
+    assert (args.gpus_per_trial, args.gpu_memory) == (None, 40.0)
+    assert build_parser().parse_args(["run", "--train", "a", "--valid", "b", "--train-full", "c", "--test", "d",
+                                      "--name", "n", "--gpus-per-trial", "0.5"]).gpus_per_trial == 0.5
 
 
 def test_store_writes_atomically_and_refuses_unwritable_roots(tmp_path):
