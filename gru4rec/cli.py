@@ -12,14 +12,17 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from . import __version__
 from .checkpoint import load_model, save_model
 from .config import Config, parse_param_string, read_param_file
 from .datasets import preprocess
 from .datasets.synthetic import SyntheticSpec, write_splits
 from .evaluate import EVAL_BATCH, evaluate
-from .options import (USER_ERRORS, UsageError, add_data_options, add_training_options, check_cutoffs,
-                      check_training_options, check_writable, load_events, report, resolve_device, terminal_progress)
+from .options import (USER_ERRORS, UsageError, add_cuda_options, add_data_options, add_training_options,
+                      check_cutoffs, check_training_options, check_writable, load_events, report, resolve_device,
+                      terminal_progress, tf32)
 from .train import Trainer
 
 def read_params(args: argparse.Namespace) -> dict:
@@ -42,6 +45,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_training_options(args)
     check_cutoffs(args.measure, "-m")
     device = resolve_device(args.device)
+    with tf32(args.tf32):
+        return train_and_evaluate(args, device)
+
+
+def train_and_evaluate(args: argparse.Namespace, device: torch.device) -> int:
+    """Train or load, save, and evaluate, as `cmd_run` checked the options for."""
     for test in args.test or []:
         if not Path(test).is_file():
             raise UsageError(f"-t {test}: no such file")
@@ -70,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.load_model:
         print("Started training")
         start = time.perf_counter()
-        trainer = Trainer(config, train, device=device, store_size=args.sample_store_size, threads=args.threads)
+        trainer = Trainer(config, train, device=device, store_size=args.sample_store_size, threads=args.threads,
+                          cuda_graphs=args.cuda_graphs)
         trainer.fit(callback=lambda info: print(info.line(), flush=True), progress=terminal_progress)
         print(f"Total training time: {time.perf_counter() - start:.2f}s")
         model = trainer.model
@@ -80,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for test in tests:
         print(f"Starting evaluation (cut-off={args.measure}, using {args.eval_type} mode for tiebreaking)")
         start = time.perf_counter()
-        result = evaluate(model, test, args.measure, args.eval_type, progress=terminal_progress)
+        result = evaluate(model, test, args.measure, args.eval_type, progress=terminal_progress,
+                          cuda_graphs=args.cuda_graphs)
         print(f"Evaluation took {time.perf_counter() - start:.2f}s ({result.n} predictions)")
         report(result, args.primary_metric, args.log_primary_metric)
     return 0
@@ -124,6 +135,7 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("-lpm", "--log_primary_metric", action="store_true",
                    help="also print 'PRIMARY METRIC: <value>' for the first cut-off")
     add_training_options(p)
+    add_cuda_options(p)
     add_data_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -14,7 +14,9 @@ from .model import GRU4Rec
 
 TIE_MODES = ("standard", "conservative", "median")
 EVAL_BATCH = 512  # session slots of the evaluation, as in the official code
-SCORE_BUDGET = 1 << 25  # score-matrix elements computed at once (128 MB of float32)
+SCORE_BUDGET = 1 << 25  # score-matrix elements computed at once on the CPU (128 MB of float32)
+CUDA_SCORE_SHARE = 8  # on CUDA, an eighth of the free device memory holds the scores of one chunk ...
+CUDA_SCORE_CAP = 1 << 28  # ... up to 2^28 elements (1 GB of float32): a 512-slot batch at 524,288 items
 
 
 @dataclass
@@ -61,19 +63,43 @@ def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor, mode: str, in_
     return greater + 0.5 * (equal - 1) + 1
 
 
+def cuda_free_bytes(device: torch.device) -> int:
+    """Device memory a new allocation can get: the driver's free memory and the blocks torch caches unused."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def score_budget(device: torch.device, free_bytes: int | None = None) -> int:
+    """Score elements to compute at once: SCORE_BUDGET on the CPU (cache-sized chunks are fastest there);
+    on CUDA a share of the free memory (`free_bytes`, default: read from the device), within
+    SCORE_BUDGET..CUDA_SCORE_CAP, so that a large catalogue is scored in few, large products."""
+    if device.type != "cuda":
+        return SCORE_BUDGET
+    free = cuda_free_bytes(device) if free_bytes is None else free_bytes
+    return min(CUDA_SCORE_CAP, max(SCORE_BUDGET, free // (CUDA_SCORE_SHARE * 4)))
+
+
 @torch.no_grad()
 def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), mode: str = "standard",
              batch_size: int = EVAL_BATCH, progress: Callable[[Iterable, str], Iterable] | None = None,
-             fixed_shapes: bool | None = None) -> EvalResult:
+             fixed_shapes: bool | None = None, cuda_graphs: bool | None = None) -> EvalResult:
     """Evaluate next-item prediction on `data` (built with the model's item map), never stopping early.
 
-    With `fixed_shapes` (default: on CUDA) every slot is stepped and ranked and idle ones masked, and on
-    CUDA each step is captured once in a graph and replayed; otherwise only the active slots are.
+    With `fixed_shapes` (default: on CUDA) every slot is stepped and ranked and idle ones masked;
+    otherwise only the active slots are. With `cuda_graphs` (default: on CUDA with fixed shapes; CUDA
+    only) each fixed-shape step is captured once in a graph and replayed.
     """
     if mode not in TIE_MODES:
         raise ValueError(f"tie mode {mode!r}: allowed values are {', '.join(TIE_MODES)}")
     if data.n_items != model.n_items:
         raise ValueError("evaluation data must be built with the model's item map")
+    device = model.Wy.device
+    fixed_shapes = device.type == "cuda" if fixed_shapes is None else fixed_shapes
+    capture = (device.type == "cuda" and fixed_shapes) if cuda_graphs is None else cuda_graphs
+    if capture and device.type != "cuda":
+        raise ValueError("cuda_graphs needs a CUDA device")
+    if capture and not fixed_shapes:
+        raise ValueError("cuda_graphs needs fixed_shapes: a graph replays one shape")
     data.check_schedule(batch_size, "predict")
     for name, tensor in model.state_dict().items():
         if not torch.isfinite(tensor).all():
@@ -81,7 +107,6 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
                              "it cannot be evaluated")
     was_training = model.training
     model.eval()
-    device = model.Wy.device
     if device.type == "cpu":
         keep_freed_memory()
     schedule = build_schedule(data.items, data.offsets, batch_size, pad=model.pad)
@@ -93,8 +118,7 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
     rr = torch.zeros(len(cut), device=device, dtype=torch.float64)
     hidden = model.init_hidden(batch_size, device)
     cursor = torch.zeros(1, dtype=torch.int64, device=device)
-    chunk = max(1, SCORE_BUDGET // model.n_items)
-    fixed_shapes = device.type == "cuda" if fixed_shapes is None else fixed_shapes
+    chunk = max(1, score_budget(device) // model.n_items)
 
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
@@ -141,7 +165,7 @@ def evaluate(model: GRU4Rec, data: SessionData, cutoffs: Sequence[int] = (20,), 
                 buffer.index_copy_(0, index, new)
         count(h, target, None)
 
-    runner = CapturedStep(fixed_step, capture=device.type == "cuda") if fixed_shapes else None
+    runner = CapturedStep(fixed_step, capture) if fixed_shapes else None
     steps: Iterable[int] = range(schedule.n_steps)
     if progress is not None:
         steps = progress(steps, "evaluation")

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -65,6 +66,30 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for training (default: the fastest of one, half and all of "
                              "torch's threads, timed on the first steps)")
+
+
+def add_cuda_options(parser: argparse.ArgumentParser) -> None:
+    """Switches of the CUDA path: graph capture off (`args.cuda_graphs` False, else None) and TF32 on."""
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
+                        help="on CUDA, run training and evaluation steps eagerly instead of capturing each in a "
+                             "CUDA graph and replaying it (for debugging and comparison; slower)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="on CUDA, let float32 matrix products use TF32 tensor cores (faster; inputs rounded to a "
+                             "10-bit mantissa instead of 23; default: off, full float32)")
+
+
+@contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """While the block runs, CUDA matrix products and cuDNN may use TF32 if `enabled`; the settings are
+    restored afterwards, so that a caller in the same process keeps its own."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    if enabled:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def check_training_options(args: argparse.Namespace) -> None:

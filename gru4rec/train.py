@@ -60,17 +60,33 @@ def free_memory(device: str | torch.device) -> None:
     release_freed_memory()
 
 
+def weak_step(trainer: "Trainer", masked: bool) -> Callable[[], None]:
+    """The trainer's step as a function that holds the trainer weakly, for a CapturedStep the trainer owns."""
+    ref = weakref.ref(trainer)
+
+    def step() -> None:
+        owner = ref()
+        if owner is None:
+            raise ReferenceError("the trainer of this step was freed")
+        owner._step(masked)
+    return step
+
+
 class Trainer:
     """Trains a GRU4Rec model on one dataset; `epoch` counts finished epochs and survives save/restore."""
 
     def __init__(self, config: Config, data: SessionData, device: str | torch.device | None = None,
                  store_size: int = DEFAULT_STORE_SIZE, cuda_graphs: bool | None = None, threads: int | None = None):
         """`threads` fixes torch's CPU thread count for training; None on the CPU times the first steps with
-        one, half and all of torch's threads and keeps the fastest (see `gru4rec.cpu.ThreadChoice`)."""
+        one, half and all of torch's threads and keeps the fastest (see `gru4rec.cpu.ThreadChoice`).
+        `cuda_graphs` captures each step in a CUDA graph and replays it (default: on CUDA; CUDA only)."""
         data.check_schedule(config.batch_size, "train on")
         self.config = config
         self.data = data
         self.device = torch.device(device) if device is not None else default_device()
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs a CUDA device")
         self.thread_choice: ThreadChoice | None = None
         if self.device.type == "cpu":
             keep_freed_memory()
@@ -111,12 +127,9 @@ class Trainer:
         self.valid = torch.ones(config.batch_size + config.n_sample, dtype=torch.bool, device=self.device)
         self.step_loss = torch.zeros((), device=self.device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        capture = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        if capture and self.device.type != "cuda":
-            raise ValueError("cuda_graphs needs a CUDA device")
-        # The steps hold the trainer weakly: no reference cycle, so a trainer is freed as soon as it is dropped.
-        step = weakref.WeakMethod(self._step)
-        self.steps = {masked: CapturedStep(lambda masked=masked: step()(masked), capture, (self.generator,))
+        # The steps hold the trainer weakly: no reference cycle, so a trainer, and with it the steps' graphs
+        # and their memory pools, is freed as soon as it is dropped.
+        self.steps = {masked: CapturedStep(weak_step(self, masked), self.cuda_graphs, (self.generator,))
                       for masked in (False, True)}
 
     @torch.no_grad()
@@ -262,7 +275,8 @@ class Trainer:
         while self.epoch < n_epochs:
             info = self.train_epoch(progress)
             if valid is not None:
-                info.metrics = evaluate(self.model, valid, cutoffs, mode, progress=progress)
+                info.metrics = evaluate(self.model, valid, cutoffs, mode, progress=progress,
+                                        cuda_graphs=self.cuda_graphs)
             if callback is not None:
                 callback(info)
         return self.model
