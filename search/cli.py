@@ -65,7 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
         optuna_storage=args.optuna_storage, optuna_study=args.optuna_study or args.name, allow_pickle=args.allow_pickle, top_k=args.top_k,
-        seeds=args.seeds, policy=args.studies, gpu_memory=args.gpu_memory,
+        seeds=args.seeds, policy=args.studies, gpu_memory=args.gpu_memory, cuda_graphs=args.cuda_graphs,
         warm_start=[p.strip() for p in (args.warm_start or "").split(",") if p.strip()])
     settings.validate()
     settings.make_paths_absolute()
@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu-memory", type=float, metavar="GIB",
                      help="memory of one GPU for auto shares (default: from Ray's accelerator type, else this "
                           "machine's GPU 0)")
+    run.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                     help="on GPUs, run the steps of trials and retrains eagerly instead of capturing each in a CUDA "
+                          "graph (for debugging and comparison; slower)")
     run.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
     run.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
     run.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")

@@ -40,7 +40,7 @@ from .ledger import Outcome, TrialRecord, counts, rung_correlations
 from .settings import SearchSettings, Store
 from .spaces import StudyPlan
 from .study import optuna_storage, read_ledger
-from .trainable import TIE_MODE, device_for_task
+from .trainable import TIE_MODE, device_for_task, graphs_option
 
 CUTOFFS = (1, 5, 10, 20)
 LOW_CORRELATION = 0.5  # below this Spearman rho, a rung's ranking says little about the final one
@@ -153,11 +153,12 @@ def retrain_seeds(base: int, n: int) -> list[int]:
 
 
 @ray.remote
-def _retrain(config: dict[str, Any], train: SessionData, evaluation: SessionData,
-             with_model: bool) -> tuple[dict[str, float], float, bytes | None]:
+def _retrain(config: dict[str, Any], train: SessionData, evaluation: SessionData, with_model: bool,
+             cuda_graphs: bool) -> tuple[dict[str, float], float, bytes | None]:
     """Train for the config's epochs and evaluate; returns metrics, seconds and (if asked) the model file."""
     start = time.perf_counter()
-    trainer = Trainer(Config.from_dict(config), train, device=device_for_task())
+    trainer = Trainer(Config.from_dict(config), train, device=device_for_task(),
+                      cuda_graphs=graphs_option(cuda_graphs))
     trainer.fit()
     seconds = time.perf_counter() - start
     result = evaluate(trainer.model, evaluation, cutoffs=CUTOFFS, mode=TIE_MODE)
@@ -170,7 +171,8 @@ def _retrain(config: dict[str, Any], train: SessionData, evaluation: SessionData
         return metrics, seconds, path.read_bytes()
 
 
-def run_retrains(jobs: list[Retrain], data: dict[str, ray.ObjectRef], resources: Resources, store: Store) -> None:
+def run_retrains(jobs: list[Retrain], data: dict[str, ray.ObjectRef], resources: Resources, store: Store,
+                 cuda_graphs: bool) -> None:
     """Run the jobs whose result is not in the store yet, writing each result (or its error) as it finishes."""
     pending = [job for job in jobs if not store.exists(job.name)]
     task = _retrain.options(num_cpus=resources.cpus, num_gpus=resources.gpus)
@@ -178,7 +180,7 @@ def run_retrains(jobs: list[Retrain], data: dict[str, ray.ObjectRef], resources:
     for job in pending:
         train, evaluation = ("train", "valid") if job.phase == "select" else ("train_full", "test")
         with_model = job.phase == "final" and job.seed == job.config["seed"]
-        futures[task.remote(job.config, data[train], data[evaluation], with_model)] = job
+        futures[task.remote(job.config, data[train], data[evaluation], with_model, cuda_graphs)] = job
     while futures:
         done, _ = ray.wait(list(futures), num_returns=1)
         job = futures.pop(done[0])
@@ -210,7 +212,7 @@ def finalize(settings: SearchSettings, store: Store, data: dict[str, ray.ObjectR
     selection = [Retrain(name, "select", rank, seed, {**config, "seed": seed})
                  for name, configs_ in configs.items() for rank, config in enumerate(configs_)
                  for seed in retrain_seeds(config["seed"], n_seeds)]
-    run_retrains(selection, data, resources, store)
+    run_retrains(selection, data, resources, store, settings.cuda_graphs)
     finals = []
     for plan in todo:
         winner = _winner(plan.name, configs[plan.name], selection, store)
@@ -218,7 +220,7 @@ def finalize(settings: SearchSettings, store: Store, data: dict[str, ray.ObjectR
             config = configs[plan.name][winner]
             finals += [Retrain(plan.name, "final", winner, seed, {**config, "seed": seed})
                        for seed in retrain_seeds(config["seed"], n_seeds)]
-    run_retrains(finals, data, resources, store)
+    run_retrains(finals, data, resources, store, settings.cuda_graphs)
     for plan in todo:
         result = study_result(settings, plan, ledgers[plan.name], picks[plan.name], configs[plan.name],
                               selection, finals, store, resources)

@@ -107,6 +107,7 @@ class SearchSettings:
     grace_period: int = 1
     reduction_factor: float = 3.0
     checkpoint_every: int = CHECKPOINT_EVERY  # at most this many epochs between two saved training states
+    cuda_graphs: bool = True  # False: trials and retrains on CUDA run their steps eagerly (--no-cuda-graphs)
     max_failures: int = 2
     optuna_storage: str | None = None  # an RDB URL; None: the journal file of the search folder
     optuna_study: str | None = None  # prefix of the Optuna study names (set to the name at `run`)

@@ -200,8 +200,8 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
     """
     saved = frozenset(checkpoint_epochs(settings.epochs, settings.grace_period, settings.reduction_factor,
                                         settings.checkpoint_every))
-    setups = {plan.name: TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed, checkpoint_epochs=saved)
-              for plan in plans}
+    setups = {plan.name: TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed, checkpoint_epochs=saved,
+                                    cuda_graphs=settings.cuda_graphs) for plan in plans}
     trainable = make_trainable(setups, {k: data[k] for k in ("train", "valid")}, resources.trial_bundle)
     path = settings.experiment_uri
     for key, value in TUNE_ENVIRONMENT.items():

@@ -35,18 +35,24 @@ _gauges: dict[str, Gauge] = {}
 
 @dataclass(frozen=True)
 class TrialSetup:
-    """What every trial of a study shares: the search and study names, the fixed parameters, and the epochs
-    after which a trial saves its training state."""
+    """What every trial of a study shares: the search and study names, the fixed parameters, the epochs
+    after which a trial saves its training state, and whether CUDA steps are captured in graphs."""
 
     search: str
     study: str
     fixed: dict[str, Any]
     checkpoint_epochs: frozenset[int]
+    cuda_graphs: bool = True
 
 
 def trial_config(setup: TrialSetup, params: dict[str, Any]) -> Config:
     """The full GRU4Rec config of a trial: the study's fixed parameters plus the sampled ones."""
     return Config.from_dict({**setup.fixed, **params})
+
+
+def graphs_option(cuda_graphs: bool) -> bool | None:
+    """The Trainer's `cuda_graphs` for a search's setting: the library's default (graphs on CUDA), or off."""
+    return None if cuda_graphs else False
 
 
 def device_for_task() -> str:
@@ -83,7 +89,8 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
     cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     torch.set_num_threads(cpus)
     device = device_for_task()
-    trainer = Trainer(config, train, device=device, threads=1 if cpus == 1 else None)
+    trainer = Trainer(config, train, device=device, threads=1 if cpus == 1 else None,
+                      cuda_graphs=graphs_option(setup.cuda_graphs))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

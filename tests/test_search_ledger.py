@@ -71,3 +71,4 @@ def test_checkpoint_epochs_are_the_rungs_the_last_epoch_and_enough_between():
     assert checkpoint_epochs(30, 1, 3, 6) == [1, 3, 9, 15, 21, 27, 30]
     assert checkpoint_epochs(12, 4, 2, 3) == [3, 4, 7, 8, 11, 12]  # rungs 4 and 8, and the first gap too
     assert checkpoint_epochs(1, 1, 3, 6) == [1]
+
