@@ -28,18 +28,12 @@ EPOCHS, RUNGS_AND_LAST = 4, [1, 3, 4]  # grace period 1, reduction factor 3: run
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_trials_save_at_rungs_and_end_and_a_kill_after_an_unsaved_epoch_replays_it_exactly(tmp_path):
+def test_trials_save_at_rungs_and_end_and_a_kill_after_an_unsaved_epoch_replays_it_exactly(tmp_path, spawn):
     assert checkpoint_epochs(EPOCHS, 1, 3, 0) == RUNGS_AND_LAST
     space = tmp_path / "space.jsonl"
     space.write_text("".join(json.dumps(e) + "\n" for e in SPACE))
-    store, procs = tmp_path / "store", []
+    store = tmp_path / "store"
     experiment = store / "ckpt" / "trials"
-
-    def start(args, log):
-        proc = subprocess.Popen([str(a) for a in args], stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT,
-                                cwd=tmp_path, env=ENV, start_new_session=True)
-        procs.append(proc)
-        return proc
 
     def trials():
         try:
@@ -51,33 +45,24 @@ def test_trials_save_at_rungs_and_end_and_a_kill_after_an_unsaved_epoch_replays_
         return read_results(pyarrow.fs.LocalFileSystem(), str(experiment / trial["dir"] / "metrics.jsonl"))
 
     common = ["--storage", store, "--local-cpus", "2", "--no-dashboard", "--quiet"]
-    try:
-        driver = start([BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid",
-                        DATA / "train_valid.tsv", "--train-full", DATA / "train_full.tsv", "--test", DATA / "test.tsv",
-                        "--name", "ckpt", "--losses", "xe", "--modes", "shared", "--space", space,
-                        "--fixed", "n_sample=128,batch_size=128", "--trials", "3", "--epochs", EPOCHS,
-                        "--max-concurrent", "1", "--grace-period", "1", "--reduction-factor", "3",
-                        "--checkpoint-every", "0", "--no-cuda-graphs", "--top-k", "1", "--seeds", "1", *common],
-                       "run.log")
-        deadline = time.time() + 300
-        killed = None
-        while killed is None:  # the driver dies just after a trial's second epoch, which saved no state
-            assert driver.poll() is None and time.time() < deadline, (tmp_path / "run.log").read_text()[-3000:]
-            killed = next((t for t in trials() if t["status"] == "RUNNING" and len(results(t)) == 2), None)
-            time.sleep(0.02)
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-        before = results(killed)
-        assert "after epochs 1, 3, 4" in (tmp_path / "run.log").read_text()
-        resumed = start([BIN / "gru4rec-search", "resume", "ckpt", *common], "resume.log")
-        assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-4000:]
-    finally:
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+    driver = spawn([BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid", DATA / "train_valid.tsv",
+                    "--train-full", DATA / "train_full.tsv", "--test", DATA / "test.tsv", "--name", "ckpt",
+                    "--losses", "xe", "--modes", "shared", "--space", space, "--fixed", "n_sample=128,batch_size=128",
+                    "--trials", "3", "--epochs", EPOCHS, "--max-concurrent", "1", "--grace-period", "1",
+                    "--reduction-factor", "3", "--checkpoint-every", "0", "--no-cuda-graphs", "--top-k", "1",
+                    "--seeds", "1", *common], "run.log", env=ENV)
+    deadline = time.time() + 300
+    killed = None
+    while killed is None:  # the driver dies just after a trial's second epoch, which saved no state
+        assert driver.poll() is None and time.time() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+        killed = next((t for t in trials() if t["status"] == "RUNNING" and len(results(t)) == 2), None)
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = results(killed)
+    assert "after epochs 1, 3, 4" in (tmp_path / "run.log").read_text()
+    resumed = spawn([BIN / "gru4rec-search", "resume", "ckpt", *common], "resume.log", env=ENV)
+    assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-4000:]
 
     written = 0
     for trial in trials():

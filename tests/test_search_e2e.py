@@ -8,7 +8,6 @@ failure), so no Ray process outlives a test; Ray's own files stay in its temp di
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,27 +33,6 @@ SPACE = [
     {"name": "momentum", "dtype": "float", "values": [0.0, 0.5], "step": 0.05},
 ]
 RESULT_LINE = re.compile(r"^Recall@(\d+): ([0-9.]+) MRR@\d+: ([0-9.]+)$", re.M)
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    """Start commands in their own process groups; kill each whole group when the test ends."""
-    started: list[subprocess.Popen] = []
-
-    def start(args: list, log: str, **kwargs) -> subprocess.Popen:
-        out = open(tmp_path / log, "w")
-        proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                start_new_session=True, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 def search_args(tmp_path: Path, name: str, *extra: str) -> list:
