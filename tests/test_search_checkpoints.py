@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.slow,
 SPACE = [{"name": "layers", "dtype": "int", "values": [32, 64], "step": 32},
          {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05}]
 EPOCHS, RUNGS_AND_LAST = 4, [1, 3, 4]  # grace period 1, reduction factor 3: rungs at 1 and 3
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Tune snapshots its state every 0.25 s here (1 s by default): the kill waits for the snapshot that holds a
+# trial's first epoch, and must still come before that trial's second epoch (about 1.5 s) has ended.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0.25"}
 
 
 def test_trials_save_at_rungs_and_end_and_a_kill_after_an_unsaved_epoch_replays_it_exactly(tmp_path, spawn):
@@ -47,15 +49,18 @@ def test_trials_save_at_rungs_and_end_and_a_kill_after_an_unsaved_epoch_replays_
     common = ["--storage", store, "--local-cpus", "2", "--no-dashboard", "--quiet"]
     driver = spawn([BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid", DATA / "train_valid.tsv",
                     "--train-full", DATA / "train_full.tsv", "--test", DATA / "test.tsv", "--name", "ckpt",
-                    "--losses", "xe", "--modes", "shared", "--space", space, "--fixed", "n_sample=128,batch_size=128",
+                    "--losses", "xe", "--modes", "shared", "--space", space, "--fixed", "n_sample=128,batch_size=32",
                     "--trials", "3", "--epochs", EPOCHS, "--max-concurrent", "1", "--grace-period", "1",
                     "--reduction-factor", "3", "--checkpoint-every", "0", "--no-cuda-graphs", "--top-k", "1",
                     "--seeds", "1", *common], "run.log", env=ENV)
     deadline = time.time() + 300
     killed = None
-    while killed is None:  # the driver dies just after a trial's second epoch, which saved no state
+    while killed is None:
+        # The driver dies just after a trial's second epoch, which saved no state, once Tune's snapshot holds the
+        # first epoch's result (and so its checkpoint: without it Tune would rightly start the trial afresh).
         assert driver.poll() is None and time.time() < deadline, (tmp_path / "run.log").read_text()[-3000:]
-        killed = next((t for t in trials() if t["status"] == "RUNNING" and len(results(t)) == 2), None)
+        killed = next((t for t in trials() if t["status"] == "RUNNING" and len(results(t)) == 2
+                       and t["last_result"].get("training_iteration", 0) >= 1), None)
         time.sleep(0.02)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
