@@ -1,0 +1,132 @@
+"""Every private part of Ray Tune, Ray's OptunaSearch and Optuna that `search/tune_ext.py` relies on, one test each.
+
+`pyproject.toml` pins Ray and Optuna to the releases this code is tested with; when a new release is allowed,
+these tests say what it changed, by name, before a resume breaks in a user's search.
+"""
+import optuna
+import pyarrow.fs
+import pytest
+import ray
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from search.tune_ext import read_state, reopen_search, replace_searcher, trial_storage
+
+SPACE = {"x": FloatDistribution(0.0, 1.0)}
+
+
+def changed(what: str, used_by: str) -> str:
+    return f"this Ray/Optuna release changed {what}, which search/tune_ext.py relies on in {used_by}"
+
+
+@pytest.fixture
+def searcher():
+    study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
+    found = OptunaSearch(space=SPACE, metric="m", mode="max", study_name=study.study_name,
+                         storage=study._storage)
+    found.suggest("t1")
+    return found
+
+
+@pytest.mark.parametrize("name, kind", [("_ot_trials", dict), ("_ot_study", optuna.Study), ("_study_name", str),
+                                        ("_space", dict), ("_metric", str), ("_completed_trials", set)])
+def test_optuna_search_keeps_its_state_in_these_attributes(searcher, name, kind):
+    assert isinstance(getattr(searcher, name, None), kind), changed(f"OptunaSearch.{name}", "DurableOptunaSearch")
+    assert hasattr(searcher, "_sampler") and hasattr(searcher, "_storage"), \
+        changed("OptunaSearch._sampler/_storage", "DurableOptunaSearch.restore_state")
+
+
+def test_optuna_search_state_is_its_pickled_dict_keyed_by_tune_trial(searcher, tmp_path):
+    assert isinstance(searcher._ot_trials["t1"], optuna.trial.Trial), \
+        changed("OptunaSearch._ot_trials values (Optuna trials by Tune trial id)", "DurableOptunaSearch.suggest")
+    searcher.save(str(tmp_path / "state.pkl"))
+    import pickle
+    with open(tmp_path / "state.pkl", "rb") as f:
+        state = pickle.load(f)
+    assert isinstance(state, dict) and "_ot_trials" in state and "_ot_study" in state, \
+        changed("what OptunaSearch.save writes (the searcher's __dict__)", "DurableOptunaSearch.restore_state")
+
+
+def test_optuna_study_and_trials_expose_storage_and_trial_ids(searcher):
+    study, trial = searcher._ot_study, searcher._ot_trials["t1"]
+    assert isinstance(study._storage, optuna.storages.BaseStorage), changed("Study._storage", "reconcile/_finished")
+    assert isinstance(trial._trial_id, int), changed("Trial._trial_id", "_finished/restore_state")
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert frozen._trial_id == trial._trial_id, changed("FrozenTrial._trial_id", "reconcile")
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, "lost", "test")
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL, \
+        changed("BaseStorage.set_trial_state_values/get_trial", "reconcile")
+    study.enqueue_trial({"x": 0.5}, skip_if_exists=False)
+    assert study.ask(fixed_distributions=SPACE).params == {"x": 0.5}, \
+        changed("Study.enqueue_trial/ask(fixed_distributions=...)", "DurableOptunaSearch.retry")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A finished two-trial Tune experiment driven by OptunaSearch in a temporary storage folder, and its trainable
+    (defined here, so that Ray ships it by value to workers that cannot import this test module)."""
+    root = tmp_path_factory.mktemp("tune")
+
+    def trainable(config):
+        fs, folder = trial_storage()
+        for step in range(2):
+            tune.report({"m": config["x"] + step, "folder": folder,
+                         "is_dir": fs.get_file_info(folder).type == pyarrow.fs.FileType.Directory})
+
+    ray.shutdown()  # a Ray left by an earlier test would be joined instead of started
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+        search_alg=OptunaSearch(space=SPACE, metric="m", mode="max"), num_samples=2),
+        run_config=tune.RunConfig(name="exp", storage_path=str(root), verbose=0))
+    tuner.fit()
+    yield str(root / "exp"), trainable
+    ray.shutdown()
+
+
+def test_the_experiment_state_file_lists_trials_with_id_status_config_and_result(experiment):
+    folder, _ = experiment
+    trials = read_state(pyarrow.fs.LocalFileSystem(), folder)
+    assert trials is not None, changed("the experiment_state-*.json file of an experiment folder", "read_state")
+    assert len(trials) == 2 and all(0 <= t["config"]["x"] <= 1 for t in trials), \
+        changed("trial_data's trial configs", "read_state")
+    assert all(t["status"] == "TERMINATED" and t["last_result"].get("training_iteration") == 2 for t in trials), \
+        changed("trial_data's statuses or runtime last_result", "read_state")
+
+
+def test_a_trial_finds_its_folder_in_the_storage(experiment):
+    folder, _ = experiment
+    for trial in read_state(pyarrow.fs.LocalFileSystem(), folder):
+        assert trial["last_result"]["folder"] == f"{folder}/{trial['dir']}", \
+            changed("tune.get_context().get_storage() (storage_filesystem, trial_fs_path)", "trial_storage")
+
+
+def test_the_search_generator_state_records_whether_it_finished(experiment):
+    import ray.cloudpickle as cloudpickle
+    folder, _ = experiment
+    fs = pyarrow.fs.LocalFileSystem()
+    states = sorted(e.path for e in fs.get_file_info(pyarrow.fs.FileSelector(folder))
+                    if e.base_name.startswith("search_gen_state-"))
+    assert states, changed("the search_gen_state-* file of an experiment folder", "reopen_search")
+    with open(states[-1], "rb") as f:
+        state = cloudpickle.load(f)
+    assert isinstance(state, dict) and "finished" in state, \
+        changed("the 'finished' entry of the search generator state", "reopen_search")
+    with open(states[-1], "wb") as f:
+        cloudpickle.dump({**state, "finished": True}, f)
+    assert reopen_search(fs, folder) and not reopen_search(fs, folder)  # reopened once, it stays open
+    with open(states[-1], "rb") as f:
+        reopened = cloudpickle.load(f)
+    assert reopened["finished"] is False and reopened.keys() == state.keys()
+
+
+def test_a_restored_tuner_takes_its_searcher_from_the_local_tuner_config(experiment):
+    folder, trainable = experiment
+    restored = tune.Tuner.restore(folder, trainable=trainable)
+    searcher = OptunaSearch(space=SPACE, metric="m", mode="max")
+    replace_searcher(restored, searcher)
+    assert restored._local_tuner._tune_config.search_alg is searcher, \
+        changed("Tuner._local_tuner._tune_config.search_alg", "replace_searcher")
