@@ -51,10 +51,13 @@ class SampleStore:
         threads = torch.get_num_threads()
         if u.device.type != "cpu" or threads == 1 or len(u) < 1 << 20:
             return torch.searchsorted(self.cdf, u, right=True, out_int32=self.int32)
-        with ThreadPoolExecutor(threads) as pool:  # torch.searchsorted is single-threaded on the CPU
-            parts = pool.map(lambda chunk: torch.searchsorted(self.cdf, chunk, right=True, out_int32=self.int32),
-                             u.chunk(threads))
-            return torch.cat(list(parts))
+        # torch.searchsorted is single-threaded on the CPU. The workers write into slices of one output made
+        # here: memory a worker thread allocates stays in its own malloc arena, which malloc_trim does not shrink.
+        out = torch.empty(len(u), dtype=self.store.dtype)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda part: torch.searchsorted(self.cdf, part[0], right=True, out_int32=self.int32,
+                                                          out=part[1]), zip(u.chunk(threads), out.chunk(threads))))
+        return out
 
     def reserve(self) -> None:
         """Host side of a step: refill when every row is used, then count one row as taken."""
