@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .config import Config
 from .files import atomic_path
+from .memory import parameter_counts
 from .model import GRU4Rec
 
 FORMAT = "gru4rec-model"
@@ -81,24 +82,7 @@ def training_state_bytes(config: Config, n_items: int) -> int:
 
     What a search needs to bound its disk use before any trial has run.
     """
-    layers = config.layers
-    rows = n_items + 1
-    tables = rows * layers[-1] + rows  # Wy, By
-    inputs = layers[-1]
-    if config.embedding_mode == "separate":
-        tables += rows * config.embedding
-        inputs = config.embedding
-    elif config.embedding_mode == "none":
-        tables += rows * 3 * layers[0]
-    dense = 0
-    first = 0
-    if config.embedding_mode == "none":
-        h = layers[0]
-        dense += 3 * h * h + 3 * h
-        inputs, first = h, 1
-    for h in layers[first:]:
-        dense += 3 * h * (inputs + h) + 6 * h
-        inputs = h
+    tables, _, dense = parameter_counts(config, n_items)
     copies = 3 if config.momentum > 0 else 2
     return 4 * copies * (tables + dense) + (16 << 10)  # + two generator states and the file header
 

@@ -21,19 +21,28 @@ TRIM_THRESHOLD = 1 << 30
 
 
 @functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has `mallopt` and `malloc_trim`), else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc to serve blocks up to 32 MB from its heap and to keep freed memory; False where there is no glibc.
 
     Process-wide and done once; the cost is that the process keeps its peak of temporaries mapped.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    libc = _glibc()
+    if libc is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                       TRIM_THRESHOLD))
 
 
 def release_freed_memory() -> bool:
@@ -42,10 +51,8 @@ def release_freed_memory() -> bool:
     For a process that runs one training after another: without it, each keeps the peak of temporaries of
     the largest one before it.
     """
-    try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
-    except (OSError, AttributeError, TypeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 @functools.cache

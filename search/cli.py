@@ -18,7 +18,7 @@ from gru4rec import ConfigError, DataError
 
 from .cluster import MAX_TRIALS_PER_GPU, Resources, connect_ray, plan_resources
 from .finalize import correlation_notes, export, finalize
-from .ledger import Outcome, best, checkpoint_epochs, rung_correlations
+from .ledger import Outcome, best, rung_correlations
 from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EXPERIMENT, NAME_PATTERN, POLICIES, SETTINGS_FILE,
                        DriverLock, SearchError, SearchSettings, Store, is_uri, resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
@@ -64,8 +64,9 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         epochs=args.epochs, storage=args.storage, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-        optuna_storage=args.optuna_storage, optuna_study=args.optuna_study or args.name, allow_pickle=args.allow_pickle, top_k=args.top_k,
-        seeds=args.seeds, policy=args.studies, gpu_memory=args.gpu_memory, cuda_graphs=args.cuda_graphs,
+        optuna_storage=args.optuna_storage, optuna_study=args.optuna_study or args.name,
+        allow_pickle=args.allow_pickle, top_k=args.top_k, seeds=args.seeds, policy=args.studies,
+        gpu_memory=args.gpu_memory, cuda_graphs=args.cuda_graphs,
         warm_start=[p.strip() for p in (args.warm_start or "").split(",") if p.strip()])
     settings.validate()
     settings.make_paths_absolute()
@@ -195,7 +196,7 @@ def execute(settings: SearchSettings, store: Store, data: SearchData, args: argp
         print(f"results: {settings.search_uri}   TensorBoard: tensorboard --logdir {settings.search_uri}")
         print(f"disk: checkpoints stay below {settings.disk_bound / 2**20:,.1f} MB "
               f"(2 per running trial + 1; an ended trial keeps its metrics only); a trial saves its training "
-              f"state after epochs {', '.join(map(str, saved_epochs(settings)))}")
+              f"state after epochs {', '.join(map(str, settings.saved_epochs()))}")
         if dashboard:
             print(f"Ray dashboard: {dashboard}")
         print(f"Optuna dashboard: gru4rec-search dashboard {settings.name} --storage {settings.storage}")
@@ -264,16 +265,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     bound = f"{settings.disk_bound / 2**20:,.1f} MB" if settings.disk_bound else "unknown"
     print(f"disk: {EXPERIMENT}/ holds {store.size(EXPERIMENT) / 2**20:,.1f} MB; its checkpoints stay below {bound}")
     print(f"written: {written / 2**20:,.1f} MB of training states so far (a trial saves its state after epochs "
-          f"{', '.join(map(str, saved_epochs(settings)))})")
+          f"{', '.join(map(str, settings.saved_epochs()))})")
     for line in notes:
         print(line)
     return 0
-
-
-def saved_epochs(settings: SearchSettings) -> list[int]:
-    """The epochs after which a trial of the search saves its training state."""
-    return checkpoint_epochs(settings.epochs, settings.grace_period, settings.reduction_factor,
-                             settings.checkpoint_every)
 
 
 def tidy_value(value) -> str:

@@ -29,6 +29,7 @@ import pyarrow.fs
 
 from gru4rec.files import atomic_path, probe_directory
 
+from .ledger import checkpoint_epochs
 from .spaces import StudyPlan, parse_space, plan_study
 
 SETTINGS_FILE = "search.json"
@@ -174,6 +175,10 @@ class SearchSettings:
 
     def take_fingerprints(self) -> None:
         self.fingerprints = {split: fingerprint(getattr(self, split)) for split, _ in SPLITS}
+
+    def saved_epochs(self) -> list[int]:
+        """The epochs after which a trial of the search saves its training state."""
+        return checkpoint_epochs(self.epochs, self.grace_period, self.reduction_factor, self.checkpoint_every)
 
     @property
     def search_uri(self) -> str:

@@ -24,7 +24,7 @@ from gru4rec.checkpoint import training_state_bytes
 from gru4rec.config import Config
 
 from .cluster import Resources
-from .ledger import METRICS_FILE, Outcome, TrialRecord, checkpoint_epochs, counts, read_results, record
+from .ledger import METRICS_FILE, Outcome, TrialRecord, counts, read_results, record
 from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Store
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
@@ -198,8 +198,7 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
 
     `verbose` is Tune's: 0 silent, 1 progress tables and trial results, 2 more detail.
     """
-    saved = frozenset(checkpoint_epochs(settings.epochs, settings.grace_period, settings.reduction_factor,
-                                        settings.checkpoint_every))
+    saved = frozenset(settings.saved_epochs())
     setups = {plan.name: TrialSetup(search=settings.name, study=plan.name, fixed=plan.fixed, checkpoint_epochs=saved,
                                     cuda_graphs=settings.cuda_graphs) for plan in plans}
     trainable = make_trainable(setups, {k: data[k] for k in ("train", "valid")}, resources.trial_bundle)
