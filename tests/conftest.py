@@ -25,3 +25,22 @@ def spawn(tmp_path):
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3 server (moto's) on 127.0.0.1 with one empty bucket; the standard AWS variables point this
+    process and the commands it starts at it. Yields the bucket's URI, s3://BUCKET."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="search-bucket")
+    yield "s3://search-bucket"
+    server.stop()
