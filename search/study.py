@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
 import optuna
 import pyarrow.fs
@@ -24,13 +24,14 @@ from gru4rec.checkpoint import training_state_bytes
 from gru4rec.config import Config
 
 from .cluster import Resources
+from .journal import replica
 from .ledger import METRICS_FILE, Outcome, TrialRecord, counts, read_results, record
 from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Store
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
-from .tune_ext import (FINISHED, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
-                       delete_stale_checkpoints, end_finished_trials, optuna_outcomes, read_state, reopen_search,
-                       replace_searcher, trial_dirname)
+from .tune_ext import (FINISHED, SET_ASIDE, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
+                       delete_stale_checkpoints, end_finished_trials, newest_searcher_state, optuna_outcomes,
+                       read_state, reopen_search, replace_searcher, set_aside_restarts, trial_dirname)
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,9 @@ KEEP_CHECKPOINTS = 2  # per running trial; fewer makes Tune warn on every checkp
 
 
 def journal_path(store: Store) -> str:
-    """The Optuna journal file: in the search folder, or (for URI storage) a local copy mirrored there."""
-    if store.local:
-        return store.path(JOURNAL_FILE)
-    cache = Path(os.path.expanduser("~/.cache/gru4rec-search")) / store.uri.replace("://", "_").replace("/", "_")
-    cache.mkdir(parents=True, exist_ok=True)
-    local = cache / JOURNAL_FILE
-    if not local.exists() and (data := store.read_bytes(JOURNAL_FILE)) is not None:
-        local.write_bytes(data)
-    return str(local)
+    """The Optuna journal file: in the search folder, or (for URI storage) this host's copy, checked against
+    the search folder first (see search/journal.py)."""
+    return store.path(JOURNAL_FILE) if store.local else str(replica(store).local)
 
 
 def optuna_storage(settings: SearchSettings, store: Store) -> optuna.storages.BaseStorage:
@@ -65,16 +60,26 @@ def optuna_storage(settings: SearchSettings, store: Store) -> optuna.storages.Ba
     return optuna.storages.JournalStorage(JournalFileBackend(journal_path(store)))
 
 
+def journal_pusher(settings: SearchSettings, store: Store) -> Callable[[], None] | None:
+    """What keeps the search folder's journal up to date on object storage (None when there is nothing to do)."""
+    if store.local or settings.optuna_storage:
+        return None
+    journal = replica(store)
+
+    def push() -> None:
+        try:
+            journal.push()
+        except OSError as e:  # the storage is unreachable for now: the next snapshot pushes the same lines
+            logger.warning("cannot push the Optuna journal to %s: %s", store.uri, e)
+    return push
+
+
 class JournalMirror(Callback):
-    """Copies the local journal into the search folder after every ended trial (URI storage only)."""
+    """Kept so that searches started before the journal was pushed in pieces can be resumed (Tune restores
+    their callbacks from its saved state); it does nothing now, the searcher pushes the journal."""
 
     def __init__(self, store: Store):
         self.store = store
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self.store.write(JOURNAL_FILE, Path(journal_path(self.store)).read_bytes())
-
-    on_trial_error = on_trial_complete
 
 
 @dataclass
@@ -211,13 +216,15 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
     searchers = {plan.name: make_searcher(settings, plan, index, storage, concurrency,
                                           None if restoring else (warm or {}).get(plan.name))
                  for index, plan in enumerate(plans)}
-    mux = StudyMux(searchers, {plan.name: settings.trials for plan in plans}, settings.policy, METRIC, MODE)
+    push_journal = journal_pusher(settings, store)
+    mux = StudyMux(searchers, {plan.name: settings.trials for plan in plans}, settings.policy, METRIC, MODE,
+                   before_save=push_journal)
     if restoring:
         tuner = restored_tuner(plans, path, trainable, mux, retry_failed)
     else:
         scheduler = StudyASHA(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
-        callbacks = [TBXLoggerCallback(), CheckpointJanitor()] + ([] if store.local else [JournalMirror(store)])
+        callbacks = [TBXLoggerCallback(), CheckpointJanitor()]
         tuner = Tuner(
             trainable,
             tune_config=TuneConfig(search_alg=mux, scheduler=scheduler, num_samples=-1,
@@ -227,12 +234,36 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
                                  checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                                  failure_config=FailureConfig(max_failures=settings.max_failures),
                                  callbacks=callbacks, verbose=verbose))
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        if push_journal:
+            push_journal()
     for plan in plans:
         progress = study_progress(settings, plan)
         if not progress.finished(settings.trials):
             raise SearchError(f"study {plan.name} stopped with {progress.ended} of {settings.trials} trials ended; "
                               f"continue with: gru4rec-search resume {settings.name}")
+
+
+def check_restorable(fs: pyarrow.fs.FileSystem, experiment: str, mux: StudyMux) -> None:
+    """Restore the searchers' state as Tune will, before Tune does: Tune answers a failed restore by starting the
+    experiment again, empty, over the saved one. Files of such a restart from an earlier resume are set aside."""
+    for session in set_aside_restarts(fs, experiment):
+        print(f"set aside the experiment Tune restarted empty at {session} after a failed restore "
+              f"({experiment}/{SET_ASIDE}/); resuming from the state before it", flush=True)
+    trials = read_state(fs, experiment)
+    if not trials:
+        raise SearchError(f"{experiment}: Tune's saved experiment state holds no trials; nothing to resume")
+    state = newest_searcher_state(fs, experiment)
+    if state is None:
+        return
+    try:
+        mux.restore_state(state)
+    except Exception as e:  # noqa: BLE001 (any failure here would make Tune discard the experiment)
+        reason = str(e) if isinstance(e, SearchError) else f"{type(e).__name__}: {e}"
+        raise SearchError(f"cannot resume from {experiment}: {reason}; nothing was changed, the search can be "
+                          "resumed once that is mended") from None
 
 
 def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, retry_failed: bool) -> Tuner:
@@ -248,6 +279,7 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
         ended.update({tid: "ERROR" if state == optuna.trial.TrialState.FAIL else "TERMINATED"
                       for tid, state in outcomes.items() if state in FINISHED})
     fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    check_restorable(fs, root, mux)
     amended = end_finished_trials(fs, root, ended)
     if amended:
         logger.info("trials %s had ended after Tune's last snapshot", amended)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import pyarrow.fs
@@ -28,7 +29,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .ledger import METRICS_FILE, Outcome, classify, read_results
-from .settings import write_atomically
+from .settings import SearchError, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,17 @@ class DurableOptunaSearch(OptunaSearch):
         # was copied or renamed); the trials are the same, so rebind them to this search's storage.
         self._storage = storage
         self._ot_study = optuna.load_study(study_name=study_name, storage=storage, sampler=self._sampler)
-        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, t._trial_id) for tid, t in self._ot_trials.items()}
+        trials, missing = {}, []
+        for tid, trial in self._ot_trials.items():
+            try:
+                trials[tid] = optuna.trial.Trial(self._ot_study, trial._trial_id)
+            except KeyError:
+                missing.append(tid)
+        if missing:  # the searcher's state is pushed after the storage it refers to, so this is damage
+            raise SearchError(f"Optuna study {study_name} lacks trials {', '.join(sorted(missing)[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''} ({len(missing)} of {len(trials) + len(missing)}) "
+                              "that Tune's saved state has: the Optuna storage is older than Tune's state")
+        self._ot_trials = trials
         self.reconcile()
         self.retry(sorted(set(retry)))
 
@@ -189,13 +200,16 @@ class StudyMux(Searcher):
     slots to the others), with "sequential" the first one (studies run one after another, but the next
     one starts as soon as the previous one has no trial left to start, so no slot waits for its tail).
     Results and ends go to the trial's study. Budgets and policy come from the settings, not from the
-    saved state, so that a resume may raise the budget.
+    saved state, so that a resume may raise the budget. `before_save` runs before each save, which Tune makes
+    at every snapshot of the experiment, before it uploads the snapshot: what it writes is in the storage
+    before the snapshot that refers to it.
     """
 
     def __init__(self, searchers: dict[str, DurableOptunaSearch], budgets: dict[str, int], policy: str,
-                 metric: str, mode: str):
+                 metric: str, mode: str, before_save: Callable[[], None] | None = None):
         super().__init__(metric=metric, mode=mode)
         self.searchers, self.budgets, self.policy = searchers, budgets, policy
+        self.before_save = before_save
         self.study_of: dict[str, str] = {}
         self.running: dict[str, set[str]] = {name: set() for name in searchers}
 
@@ -232,6 +246,8 @@ class StudyMux(Searcher):
             self.running[study].discard(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
+        if self.before_save is not None:
+            self.before_save()
         state = {"study_of": self.study_of, "running": self.running,
                  "searchers": {name: dict(s.__dict__) for name, s in self.searchers.items()}}
         with open(checkpoint_path, "wb") as f:
@@ -239,7 +255,10 @@ class StudyMux(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
+            self.restore_state(pickle.load(f))
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take the state `save` wrote: each study's searcher state, and which trial belongs to which study."""
         for name, searcher in self.searchers.items():
             if name in state["searchers"]:
                 searcher.restore_state(state["searchers"][name])
@@ -375,11 +394,9 @@ def trial_dirname(trial: Any) -> str:
 def latest_state_file(fs: pyarrow.fs.FileSystem, experiment: str) -> str | None:
     """The newest experiment_state-*.json of an experiment folder, or None."""
     try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+        names = _session_files(fs, experiment, "experiment_state-", ".json")
     except OSError:
         return None
-    names = sorted(e.path for e in entries if e.base_name.startswith("experiment_state-")
-                   and e.base_name.endswith(".json"))
     return names[-1] if names else None
 
 
@@ -421,6 +438,52 @@ def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[
     if changed:
         write_atomically(fs, path, json.dumps(state).encode())
     return changed
+
+
+def newest_searcher_state(fs: pyarrow.fs.FileSystem, experiment: str) -> dict[str, Any] | None:
+    """The searcher's state Tune restores from (its newest searcher-state-*.pkl), or None."""
+    names = _session_files(fs, experiment, "searcher-state-", ".pkl")
+    if not names:
+        return None
+    with fs.open_input_stream(names[-1]) as f:
+        return pickle.loads(f.readall())
+
+
+def _session_files(fs: pyarrow.fs.FileSystem, experiment: str, prefix: str, suffix: str) -> list[str]:
+    """Paths of the experiment's files PREFIX<session>SUFFIX, oldest session first (Tune's own order)."""
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+    return sorted(e.path for e in entries if e.type == pyarrow.fs.FileType.File and e.base_name.startswith(prefix)
+                  and e.base_name.endswith(suffix))
+
+
+SET_ASIDE = "set-aside"
+
+
+def set_aside_restarts(fs: pyarrow.fs.FileSystem, experiment: str) -> list[str]:
+    """Move aside the files of an experiment Tune restarted after a failed restore; returns their sessions.
+
+    Such a restart saves a state without the trials of the one before it, and every later restore then
+    starts from that state (Tune takes the newest) and fails. A resume keeps every trial it restored, so
+    a newest state that lacks trials of the one before it is such a restart; its files go to SET_ASIDE/.
+    """
+    moved = []
+    while len(states := _session_files(fs, experiment, "experiment_state-", ".json")) >= 2:
+        newest, before = (_trial_ids(fs, path) for path in states[-2:][::-1])
+        if before <= newest:
+            break
+        session = os.path.basename(states[-1])[len("experiment_state-"):-len(".json")]
+        fs.create_dir(f"{experiment}/{SET_ASIDE}", recursive=True)
+        for entry in fs.get_file_info(pyarrow.fs.FileSelector(experiment)):
+            if entry.type == pyarrow.fs.FileType.File and session in entry.base_name:
+                fs.move(entry.path, f"{experiment}/{SET_ASIDE}/{entry.base_name}")
+        moved.append(session)
+    return moved
+
+
+def _trial_ids(fs: pyarrow.fs.FileSystem, path: str) -> set[str]:
+    with fs.open_input_stream(path) as f:
+        state = json.loads(f.readall())
+    return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
 
 
 def replace_searcher(tuner: Any, searcher: Searcher) -> None:

@@ -1,7 +1,9 @@
 """Fixtures shared by the tests that run the command-line tools as subprocesses."""
+import logging
 import os
 import signal
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -34,6 +36,7 @@ def s3(monkeypatch):
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -41,6 +44,8 @@ def s3(monkeypatch):
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # moto keeps its buckets per process, not per server: start each test from none
+    urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST"))
     boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="search-bucket")
     yield "s3://search-bucket"
     server.stop()
