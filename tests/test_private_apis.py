@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tune_ext import read_state, reopen_search, replace_searcher, trial_storage
+from search.tune_ext import (newest_searcher_state, read_state, reopen_search, replace_searcher, set_aside_restarts,
+                             trial_storage)
 
 SPACE = {"x": FloatDistribution(0.0, 1.0)}
 
@@ -130,3 +131,28 @@ def test_a_restored_tuner_takes_its_searcher_from_the_local_tuner_config(experim
     replace_searcher(restored, searcher)
     assert restored._local_tuner._tune_config.search_alg is searcher, \
         changed("Tuner._local_tuner._tune_config.search_alg", "replace_searcher")
+
+
+def test_the_saved_searcher_and_generator_states_are_named_by_the_session_of_the_experiment_state(experiment):
+    folder, _ = experiment
+    fs = pyarrow.fs.LocalFileSystem()
+    names = [e.base_name for e in fs.get_file_info(pyarrow.fs.FileSelector(folder))]
+    sessions = [n[len("experiment_state-"):-len(".json")] for n in names if n.startswith("experiment_state-")]
+    assert len(sessions) == 1 and f"searcher-state-{sessions[0]}.pkl" in names \
+        and f"search_gen_state-{sessions[0]}.json" in names, \
+        changed("the names of the experiment's state files (one session string each)", "set_aside_restarts")
+    state = newest_searcher_state(fs, folder)
+    assert isinstance(state, dict) and "_ot_trials" in state, \
+        changed("searcher-state-*.pkl (a plain pickle of what Searcher.save wrote)", "newest_searcher_state")
+    assert set_aside_restarts(fs, folder) == []
+
+
+def test_a_snapshot_saves_the_searcher_before_it_uploads():
+    import inspect
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.tune.execution.tune_controller import TuneController
+    snapshot = inspect.getsource(_ExperimentCheckpointManager.sync_up_experiment_state)
+    assert 0 <= snapshot.find("save_fn()") < snapshot.find(".sync_up("), \
+        changed("the order of saving and uploading in a snapshot", "StudyMux.before_save (the journal push)")
+    assert "self._search_alg.save_to_dir(" in inspect.getsource(TuneController.save_to_dir), \
+        changed("TuneController.save_to_dir saving the searcher at each snapshot", "StudyMux.before_save")
