@@ -19,8 +19,9 @@ from gru4rec import ConfigError, DataError
 from .cluster import MAX_TRIALS_PER_GPU, Resources, connect_ray, plan_resources
 from .finalize import correlation_notes, export, finalize
 from .ledger import Outcome, best, rung_correlations
+from .lease import DriverLock, driver_line
 from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EXPERIMENT, NAME_PATTERN, POLICIES, SETTINGS_FILE,
-                       DriverLock, SearchError, SearchSettings, Store, is_uri, resolve_storage)
+                       SearchError, SearchSettings, Store, is_uri, resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
                      read_space_text)
 from .study import SearchData, checkpoint_bound, largest_config, optuna_storage, run_search, study_progress
@@ -239,9 +240,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings, store = load_settings(args.name, args.storage)
     print(f"search {settings.name} in {settings.search_uri}: {settings.trials} trials x {settings.epochs} epochs "
           f"per study, {settings.max_concurrent or '?'} at once")
-    holder = store.read_text("driver.lock")
+    holder = driver_line(store)
     if holder:
-        print(f"driver: {holder.strip()}")
+        print(f"driver: {holder}")
     header = (f"{'study':<16} {'ended':>9} {'running':>8} {'stopped':>8} {'diverged':>9} {'failed':>7} "
               f"{'best MRR@20':>12}  best config")
     print(header)

@@ -1,8 +1,8 @@
-"""A search's settings and folder: search.json, the store its files live in, the lock of its driver.
+"""A search's settings and folder: search.json and the store its files live in (its driver's lock: lease.py).
 
 Layout under the storage root (a local path, NFS, or a URI such as s3://bucket/prefix):
     NAME/search.json         the settings, written before Ray starts (resume, status and export read them)
-    NAME/driver.lock         who runs the search now (host, pid, start time)
+    NAME/driver.lock         who runs the search now (host, pid, start time; on object storage a lease)
     NAME/optuna.journal      the Optuna studies (journal storage; a local cache mirrors it for URI storage)
     NAME/trials/             the Tune experiment of all studies: trials, their metrics and last checkpoints
     NAME/<study>_result.json the retrained best config of a finalized study; exports beside it
@@ -11,13 +11,10 @@ The folder's name is the search's name: a copied or renamed folder is a search o
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import re
-import socket
-import time
 import types
 import typing
 import uuid
@@ -330,74 +327,3 @@ class Store:
         except OSError as e:
             reason = e.strerror or str(e).splitlines()[0]
             raise SearchError(f"storage {self.uri}: not writable ({reason})") from None
-
-
-@dataclass
-class DriverLock:
-    """The lock of the process that runs a search: one `run` or `resume` at a time per search folder.
-
-    On a local or NFS path it is a POSIX lock on NAME/driver.lock, which the kernel releases when the
-    holder dies (so a dead driver's lock is taken over, and two drivers starting at once cannot both
-    get it); the file names the holder (host, pid, start time) for the error of a second driver. On
-    object storage (no locks there) the file alone is used, and only a dead process of this host is
-    taken over.
-    """
-
-    store: Store
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-    _fd: int | None = None
-
-    def acquire(self) -> None:
-        record = json.dumps({"host": self.host, "pid": self.pid,
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
-        if self.store.local:
-            self._acquire_local(record)
-            return
-        holder = self._holder()
-        if holder is not None and not self._dead(holder):
-            raise self._held(holder)
-        self.store.write(LOCK_FILE, record)
-
-    def _acquire_local(self, record: str) -> None:
-        fd = os.open(self.store.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise self._held(self._holder() or {}) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
-        elif (holder := self._holder()) and holder.get("pid") == self.pid and holder.get("host") == self.host:
-            self.store.delete(LOCK_FILE)
-
-    def _held(self, holder: dict) -> SearchError:
-        return SearchError(f"search {self.store.uri} is being run by pid {holder.get('pid', '?')} on "
-                           f"{holder.get('host', '?')} since {holder.get('started', '?')} "
-                           f"({self.store.path(LOCK_FILE)}); wait for it or stop it first")
-
-    def _holder(self) -> dict | None:
-        try:
-            text = self.store.read_text(LOCK_FILE)
-            return json.loads(text) if text and text.strip() else None
-        except (json.JSONDecodeError, OSError):
-            return None
-
-    def _dead(self, holder: dict) -> bool:
-        """Whether the holder is a process of this host that no longer runs."""
-        if holder.get("host") != self.host or not isinstance(holder.get("pid"), int):
-            return False
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.fs
 import pytest
 
-from search.settings import (DriverLock, SearchError, SearchSettings, Store, absolute_database_url, fingerprint,
-                             write_atomically)
+from search.lease import DriverLock
+from search.settings import SearchError, SearchSettings, Store, absolute_database_url, fingerprint, write_atomically
 from search.spaces import default_space_file, read_space_text
 
 
@@ -63,7 +63,8 @@ def test_the_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path):
     store.check_writable()
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from search.settings import DriverLock, Store
+from search.lease import DriverLock
+from search.settings import Store
 DriverLock(Store({str(tmp_path / "s1")!r})).acquire()
 print("locked", flush=True)
 sys.stdin.read()
