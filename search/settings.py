@@ -3,7 +3,8 @@
 Layout under the storage root (a local path, NFS, or a URI such as s3://bucket/prefix):
     NAME/search.json         the settings, written before Ray starts (resume, status and export read them)
     NAME/driver.lock         who runs the search now (host, pid, start time; on object storage a lease)
-    NAME/optuna.journal      the Optuna studies (journal storage; a local cache mirrors it for URI storage)
+    NAME/optuna.journal      the Optuna studies (journal storage); on object storage a host's local copy is
+                             pushed as pieces to NAME/optuna.journal.parts/ (journal.py)
     NAME/trials/             the Tune experiment of all studies: trials, their metrics and last checkpoints
     NAME/<study>_result.json the retrained best config of a finalized study; exports beside it
 The folder's name is the search's name: a copied or renamed folder is a search of its own.
