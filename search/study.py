@@ -30,8 +30,9 @@ from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Sto
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
 from .tune_ext import (FINISHED, SET_ASIDE, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
-                       delete_stale_checkpoints, end_finished_trials, newest_searcher_state, optuna_outcomes,
-                       read_state, reopen_search, replace_searcher, set_aside_restarts, trial_dirname)
+                       delete_stale_checkpoints, drop_older_sessions, end_finished_trials, newest_searcher_state,
+                       optuna_outcomes, read_state, reopen_search, replace_searcher, set_aside_restarts,
+                       trial_dirname)
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +281,7 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
                       for tid, state in outcomes.items() if state in FINISHED})
     fs, root = pyarrow.fs.FileSystem.from_uri(path)
     check_restorable(fs, root, mux)
+    drop_older_sessions(fs, root)
     amended = end_finished_trials(fs, root, ended)
     if amended:
         logger.info("trials %s had ended after Tune's last snapshot", amended)

@@ -480,6 +480,27 @@ def set_aside_restarts(fs: pyarrow.fs.FileSystem, experiment: str) -> list[str]:
     return moved
 
 
+def drop_older_sessions(fs: pyarrow.fs.FileSystem, experiment: str) -> int:
+    """Delete the state files of the experiment's earlier sessions; returns how many.
+
+    Each resume saves its snapshots under a session name of its own, and Tune uploads every state file it
+    downloaded with each snapshot: without this, a snapshot would upload the state (O(trials)) once per
+    earlier resume; with it, twice (the state resumed from and the new one). A restore reads the newest only.
+    """
+    newest = latest_state_file(fs, experiment)
+    if newest is None:
+        return 0
+    session = os.path.basename(newest)[len("experiment_state-"):-len(".json")]
+    older = [path for prefix, suffix in STATE_FILES for path in _session_files(fs, experiment, prefix, suffix)
+             if session not in os.path.basename(path)]
+    for path in older:
+        fs.delete_file(path)
+    return len(older)
+
+
+STATE_FILES = (("experiment_state-", ".json"), ("search_gen_state-", ".json"), ("searcher-state-", ".pkl"))
+
+
 def _trial_ids(fs: pyarrow.fs.FileSystem, path: str) -> set[str]:
     with fs.open_input_stream(path) as f:
         state = json.loads(f.readall())

@@ -147,6 +147,9 @@ def test_a_search_on_s3_survives_kills_and_hosts_taking_turns(tmp_path, s3, spaw
                                                       f"search_gen_state-{session}.json",
                                                       f"searcher-state-{session}.pkl"))
     hosts.check_complete(7)
+    # the state the last resume started from and its own: those of earlier sessions are dropped (Tune would
+    # upload every one of them with each snapshot)
+    assert len([n for n in hosts.state_files() if n.startswith("experiment_state-")]) == 2
 
     # A restore that cannot work (the Optuna journal lost from the storage and from this host) is refused in
     # one line before Tune touches the experiment, which stays as it was.
