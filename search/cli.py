@@ -16,12 +16,13 @@ import ray
 
 from gru4rec import ConfigError, DataError
 
+from .calibration import describe, from_histories
 from .cluster import MAX_TRIALS_PER_GPU, Resources, connect_ray, plan_resources
 from .finalize import correlation_notes, export, finalize
-from .ledger import Outcome, best, rung_correlations
+from .ledger import Outcome, best, rung_correlations, rung_epochs
 from .lease import DriverLock, driver_line
-from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EXPERIMENT, NAME_PATTERN, POLICIES, SETTINGS_FILE,
-                       SearchError, SearchSettings, Store, is_uri, resolve_storage)
+from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EARLY_STOPPING, EXPERIMENT, NAME_PATTERN, POLICIES,
+                       SETTINGS_FILE, SearchError, SearchSettings, Store, is_uri, resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
                      read_space_text)
 from .study import SearchData, checkpoint_bound, largest_config, optuna_storage, run_search, study_progress
@@ -64,7 +65,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         losses=losses, modes=modes, spaces=spaces, fixed=parse_fixed(args.fixed or ""), trials=args.trials,
         epochs=args.epochs, storage=args.storage, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
+        reduction_factor=args.reduction_factor, early_stopping=args.early_stopping,
+        checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
         optuna_storage=args.optuna_storage, optuna_study=args.optuna_study or args.name,
         allow_pickle=args.allow_pickle, top_k=args.top_k, seeds=args.seeds, policy=args.studies,
         gpu_memory=args.gpu_memory, cuda_graphs=args.cuda_graphs,
@@ -263,6 +265,11 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{t[Outcome.DIVERGED]:>9} {t[Outcome.FAILED]:>7} {score:>12}  {config} {done}".rstrip())
         notes += correlation_notes(plan.name, rung_correlations(p.records, settings.epochs, settings.grace_period,
                                                                 settings.reduction_factor))
+        if settings.early_stopping == "calibrated":
+            decisions = from_histories({r.trial_id: r.mrr for r in p.records}, settings.epochs,
+                                       rung_epochs(settings.epochs, settings.grace_period, settings.reduction_factor),
+                                       settings.reduction_factor)
+            notes.append(f"- {plan.name}: calibrated early stopping: {describe(decisions.report())}")
     bound = f"{settings.disk_bound / 2**20:,.1f} MB" if settings.disk_bound else "unknown"
     print(f"disk: {EXPERIMENT}/ holds {store.size(EXPERIMENT) / 2**20:,.1f} MB; its checkpoints stay below {bound}")
     print(f"written: {written / 2**20:,.1f} MB of training states so far (a trial saves its state after epochs "
@@ -340,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
     run.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     run.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep 1/r at each rung (default 3)")
+    run.add_argument("--early-stopping", choices=EARLY_STOPPING, default="asha",
+                     help="asha: each rung keeps the top 1/r; calibrated: each rung keeps between all and the top 1/r "
+                          "of the trials, as its rank correlation with the last epoch, measured on the study's own "
+                          "trials, allows (default: asha)")
     run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="K",
                      help="a trial saves its training state at ASHA's rungs, at its last epoch, and so that at most K "
                           f"epochs pass between two saves (0: rungs and last epoch only; default {CHECKPOINT_EVERY})")

@@ -38,6 +38,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_STORAGE = "~/gru4rec-search"
 FINGERPRINT_BYTES = 1 << 20
 POLICIES = ("shared", "sequential")
+EARLY_STOPPING = ("asha", "calibrated")
 # Epochs between saved training states beyond ASHA's rungs and the last epoch: at 10 epochs with the default
 # rungs (1, 3, 9) it adds none, so a trial writes 4 states instead of 10, and a kill costs at most 5 epochs.
 CHECKPOINT_EVERY = 6
@@ -105,6 +106,7 @@ class SearchSettings:
     max_concurrent: int | None = None  # None: as many trials as the cluster's resources fit (resolved at `run`)
     grace_period: int = 1
     reduction_factor: float = 3.0
+    early_stopping: str = "asha"  # or "calibrated": each rung cuts as hard as its measured ranking allows
     checkpoint_every: int = CHECKPOINT_EVERY  # at most this many epochs between two saved training states
     cuda_graphs: bool = True  # False: trials and retrains on CUDA run their steps eagerly (--no-cuda-graphs)
     max_failures: int = 2
@@ -131,6 +133,7 @@ class SearchSettings:
                   ("--grace-period", 1 <= self.grace_period <= self.epochs,
                    f"an integer in 1..{self.epochs} (--epochs)"),
                   ("--reduction-factor", self.reduction_factor > 1, "a number > 1"),
+                  ("--early-stopping", self.early_stopping in EARLY_STOPPING, f"one of {', '.join(EARLY_STOPPING)}"),
                   ("--checkpoint-every", self.checkpoint_every >= 0, "an integer >= 0"),
                   ("--max-failures", self.max_failures >= 0, "an integer >= 0"),
                   ("--top-k", self.top_k >= 1, "an integer >= 1"), ("--seeds", self.seeds >= 1, "an integer >= 1"),

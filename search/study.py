@@ -223,7 +223,8 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
     if restoring:
         tuner = restored_tuner(plans, path, trainable, mux, retry_failed)
     else:
-        scheduler = StudyASHA(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.epochs,
+        scheduler = StudyASHA(settings.early_stopping, time_attr="training_iteration", metric=METRIC, mode=MODE,
+                              max_t=settings.epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
         callbacks = [TBXLoggerCallback(), CheckpointJanitor()]
         tuner = Tuner(

@@ -28,7 +28,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .ledger import METRICS_FILE, Outcome, classify, read_results
+from .calibration import CalibratedRungs
+from .ledger import METRICS_FILE, Outcome, classify, read_results, rung_epochs
 from .settings import SearchError, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -276,17 +277,21 @@ class StudyMux(Searcher):
 
 
 class StudyASHA(FIFOScheduler):
-    """One ASHA per study: a trial is compared only with trials of its own study (their MRR scales differ)."""
+    """One early stopping per study: a trial is compared only with trials of its own study (their MRR scales
+    differ). `early_stopping` "asha" is Tune's ASHA; "calibrated" cuts at the same rungs as hard as each rung's
+    measured ranking allows (search/calibration.py)."""
 
-    def __init__(self, **asha: Any):
+    def __init__(self, early_stopping: str = "asha", **asha: Any):
         super().__init__()
         self._asha_options = asha
-        self._per_study: dict[str, ResumableASHA] = {}
+        self._early_stopping = early_stopping
+        self._per_study: dict[str, ResumableASHA | CalibratedStudy] = {}
 
-    def _asha(self, trial: Any) -> "ResumableASHA":
+    def _asha(self, trial: Any) -> "ResumableASHA | CalibratedStudy":
         study = trial.config.get(STUDY_KEY, "")
         if study not in self._per_study:
-            self._per_study[study] = ResumableASHA(**self._asha_options)
+            kind = CalibratedStudy if getattr(self, "_early_stopping", "asha") == "calibrated" else ResumableASHA
+            self._per_study[study] = kind(**self._asha_options)
         return self._per_study[study]
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -321,6 +326,33 @@ class ResumableASHA(ASHAScheduler):
             storage = trial.storage
             for result in read_results(storage.storage_filesystem, f"{storage.trial_fs_path}/{METRICS_FILE}"):
                 self.on_trial_result(tune_controller, trial, result)
+
+
+class CalibratedStudy(FIFOScheduler):
+    """One study's calibrated early stopping as a Tune scheduler; its state is refilled from the restored trials'
+    results on resume, like ResumableASHA's rungs."""
+
+    def __init__(self, time_attr: str, metric: str, mode: str, max_t: int, grace_period: int,
+                 reduction_factor: float):
+        super().__init__()
+        if time_attr != TRAINING_ITERATION or mode != "max":
+            raise ValueError("calibrated early stopping counts training iterations of a metric to maximise")
+        self._metric = metric
+        self.rungs = CalibratedRungs(max_t, rung_epochs(max_t, grace_period, reduction_factor), reduction_factor)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if trial.has_reported_at_least_once:
+            storage = trial.storage
+            for result in read_results(storage.storage_filesystem, f"{storage.trial_fs_path}/{METRICS_FILE}"):
+                self.rungs.record(trial.trial_id, result[TRAINING_ITERATION], result[self._metric])
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        value = result.get(self._metric)
+        if value is None or TRAINING_ITERATION not in result:
+            return self.CONTINUE
+        go_on = self.rungs.decide(trial.trial_id, result[TRAINING_ITERATION], float(value))
+        return self.CONTINUE if go_on else self.STOP
 
 
 class CheckpointJanitor(Callback):

@@ -47,11 +47,13 @@ class Hosts:
         space = self.tmp / "space.jsonl"
         space.write_text("".join(json.dumps(e) + "\n" for e in SPACE))
         return self.spawn([BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid",
-                           DATA / "train_valid.tsv", "--train-full", DATA / "train_full.tsv", "--test", DATA / "test.tsv",
+                           DATA / "train_valid.tsv", "--train-full", DATA / "train_full.tsv", "--test",
+                           DATA / "test.tsv",
                            "--name", "s3search", "--losses", "xe", "--modes", "shared", "--space", space,
                            "--fixed", "n_sample=128,batch_size=128", "--trials", trials, "--epochs", 2,
                            "--storage", self.storage, "--local-cpus", 2, "--max-concurrent", 2, "--no-dashboard",
-                           "--quiet", "--reduction-factor", 2, "--top-k", 1, "--seeds", 1], log, env=self.env(host))
+                           "--quiet", "--reduction-factor", 2, "--top-k", 1, "--seeds", 1,
+                           "--early-stopping", "calibrated"], log, env=self.env(host))
 
     def resume(self, host: str, log: str, *extra) -> subprocess.Popen:
         return self.spawn([BIN / "gru4rec-search", "resume", "s3search", "--storage", self.storage, "--local-cpus", 2,
@@ -125,7 +127,10 @@ def test_a_search_on_s3_survives_kills_and_hosts_taking_turns(tmp_path, s3, spaw
     out = hosts.finish(hosts.resume("host-a", "a2.log", "--trials", "6"), "a2.log")
     assert "the local journal copy disagrees" in out or "Restoring the run" in out
     hosts.check_complete(6)
-    assert re.search(r"xe_shared\s+6/6\s+0\s", hosts.status("host-c"))
+    status = hosts.status("host-c")
+    assert re.search(r"xe_shared\s+6/6\s+0\s", status)
+    assert re.search(r"xe_shared: calibrated early stopping: epoch 1: 6 reached, \d ran to the end, rho ",
+                     status), status
     assert Store(hosts.uri).list("optuna.journal.parts"), "the journal is stored in pieces"
 
     # A folder wedged by an earlier version: Tune restarted the experiment it could not restore and saved a

@@ -3,6 +3,7 @@ import json
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import optuna
 import pandas as pd
 import pyarrow.fs
@@ -20,7 +21,7 @@ from search.finalize import StudyResult, exported_config, markdown_table, paramf
 from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
 from search.study import largest_config
-from search.tune_ext import (STUDY_KEY, DurableOptunaSearch, ResumableASHA, delete_stale_checkpoints,
+from search.tune_ext import (STUDY_KEY, CalibratedStudy, DurableOptunaSearch, ResumableASHA, delete_stale_checkpoints,
                              end_finished_trials, read_state)
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
@@ -258,6 +259,29 @@ def test_asha_rungs_survive_a_resume(tmp_path, resumable, decision):
     new = fake_trial(tmp_path, "new", [])
     scheduler.on_trial_add(None, new)
     assert scheduler.on_trial_result(None, new, {"training_iteration": 1, "mrr@20": 0.1}) == decision
+
+
+def test_calibrated_rungs_survive_a_resume_with_the_same_decisions(tmp_path):
+    rng = np.random.default_rng(0)
+    histories = {f"t{i}": list(np.linspace(0.1, final, 4)[1:]) for i, final in enumerate(rng.uniform(0.2, 0.4, 12))}
+    before = CalibratedStudy(time_attr="training_iteration", metric="mrr@20", mode="max", max_t=3, grace_period=1,
+                             reduction_factor=3)
+    for trial_id, history in histories.items():  # the search before the kill, trial after trial
+        trial = SimpleNamespace(trial_id=trial_id)
+        for epoch, value in enumerate(history, 1):
+            if before.on_trial_result(None, trial, {"training_iteration": epoch, "mrr@20": value}) == "STOP":
+                histories[trial_id] = history[:epoch]
+                break
+    after = CalibratedStudy(time_attr="training_iteration", metric="mrr@20", mode="max", max_t=3, grace_period=1,
+                            reduction_factor=3)
+    for trial_id, history in histories.items():  # restored by Tuner.restore
+        after.on_trial_add(None, fake_trial(tmp_path, trial_id, history))
+    assert after.rungs.report() == before.rungs.report() and before.rungs.report()[0].rho is not None
+    for value in (0.1, 0.2, 0.3):
+        new = fake_trial(tmp_path, f"new{value}", [])
+        after.on_trial_add(None, new)
+        result = {"training_iteration": 1, "mrr@20": value}
+        assert after.on_trial_result(None, new, result) == before.on_trial_result(None, new, result)
 
 
 def journal(path):
