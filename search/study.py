@@ -257,6 +257,7 @@ def check_restorable(fs: pyarrow.fs.FileSystem, experiment: str, mux: StudyMux) 
     trials = read_state(fs, experiment)
     if not trials:
         raise SearchError(f"{experiment}: Tune's saved experiment state holds no trials; nothing to resume")
+    mux.tune_trials = {t["trial_id"] for t in trials}
     state = newest_searcher_state(fs, experiment)
     if state is None:
         return

@@ -124,8 +124,12 @@ class DurableOptunaSearch(OptunaSearch):
         with open(checkpoint_path, "rb") as f:
             self.restore_state(pickle.load(f))
 
-    def restore_state(self, state: dict[str, Any]) -> None:
-        """Take a saved state (the pickled `__dict__`), bound to this searcher's storage, and reconcile."""
+    def restore_state(self, state: dict[str, Any], tune_trials: set[str] | None = None) -> None:
+        """Take a saved state (the pickled `__dict__`), bound to this searcher's storage, and reconcile.
+
+        `tune_trials`: the trials of Tune's restored state. The searcher's state can be a snapshot newer than
+        it (a driver killed while uploading the two); trials only the searcher knows are then set aside.
+        """
         storage, study_name, sampler_now = self._ot_study._storage, self._study_name, self._sampler
         experiment, n_epochs = self._experiment, self._n_epochs
         retry = getattr(self, "retry_after_restore", [])
@@ -139,6 +143,9 @@ class DurableOptunaSearch(OptunaSearch):
         # was copied or renamed); the trials are the same, so rebind them to this search's storage.
         self._storage = storage
         self._ot_study = optuna.load_study(study_name=study_name, storage=storage, sampler=self._sampler)
+        if tune_trials is not None:
+            self._ot_trials = {tid: t for tid, t in self._ot_trials.items() if tid in tune_trials}
+            self._completed_trials = {tid for tid in self._completed_trials if tid in tune_trials}
         trials, missing = {}, []
         for tid, trial in self._ot_trials.items():
             try:
@@ -154,22 +161,26 @@ class DurableOptunaSearch(OptunaSearch):
         self.retry(sorted(set(retry)))
 
     def reconcile(self) -> list[int]:
-        """Mark FAIL this experiment's RUNNING Optuna trials that Tune does not know; returns their numbers.
-
-        Such trials were asked after Tune's last snapshot, or were being asked, when the driver stopped.
+        """Set aside this experiment's Optuna trials that Tune's restored state does not know; returns their
+        numbers. Such trials were asked after Tune's last snapshot (or were being asked) when the driver stopped:
+        running ones are marked FAIL, ended ones keep their result for TPE; both are marked `lost`, and the
+        search's ledger and budget count only the trials Tune knows.
         """
         known = {t._trial_id for t in self._ot_trials.values()}
         lost = []
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for trial in self._ot_study.get_trials(deepcopy=False):
             # A trial without attributes was being asked when the driver stopped (asking is not atomic).
-            if trial._trial_id in known or trial.user_attrs.get(EXPERIMENT_ATTR, self._experiment) != self._experiment:
+            if (trial._trial_id in known or trial.user_attrs.get(LOST_ATTR)
+                    or trial.user_attrs.get(EXPERIMENT_ATTR, self._experiment) != self._experiment):
                 continue
             storage = self._ot_study._storage
             storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, "asked after the driver's last snapshot")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if trial.state == TrialState.RUNNING:
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             lost.append(trial.number)
         if lost:
-            logger.warning("trials %s were asked just before the driver stopped and never ran; marked FAIL", lost)
+            logger.warning("trials %s were asked after the driver's last snapshot; set aside (running ones "
+                           "marked FAIL)", lost)
         return lost
 
     def retry(self, trial_ids: list[str]) -> None:
@@ -211,6 +222,7 @@ class StudyMux(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.searchers, self.budgets, self.policy = searchers, budgets, policy
         self.before_save = before_save
+        self.tune_trials: set[str] | None = None  # on resume, the trials of Tune's restored state
         self.study_of: dict[str, str] = {}
         self.running: dict[str, set[str]] = {name: set() for name in searchers}
 
@@ -259,11 +271,14 @@ class StudyMux(Searcher):
             self.restore_state(pickle.load(f))
 
     def restore_state(self, state: dict[str, Any]) -> None:
-        """Take the state `save` wrote: each study's searcher state, and which trial belongs to which study."""
+        """Take the state `save` wrote: each study's searcher state, and which trial belongs to which study
+        (only trials of Tune's restored state, `tune_trials`, when the resume has set it)."""
+        known = self.tune_trials
         for name, searcher in self.searchers.items():
             if name in state["searchers"]:
-                searcher.restore_state(state["searchers"][name])
-        self.study_of = {tid: name for tid, name in state["study_of"].items() if name in self.searchers}
+                searcher.restore_state(state["searchers"][name], known)
+        self.study_of = {tid: name for tid, name in state["study_of"].items()
+                         if name in self.searchers and (known is None or tid in known)}
         self.running = {name: {tid for tid in state["running"].get(name, set())
                                if not self.searchers[name]._finished(tid)} for name in self.searchers}
 
