@@ -7,13 +7,18 @@ ends: Ray reuses the worker process for the next one.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import json
+import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -29,7 +34,11 @@ from .tune_ext import STUDY_KEY, trial_storage
 MODE = "max"
 TIE_MODE = "standard"  # for validation in trials and for the test evaluation of the retrained model
 STATE_FILE = "training_state.safetensors"
+# For tests and benchmarks only, never a user option: "module:function" that a worker runs instead of
+# `run_trial`, with the same arguments (bench/replay.py answers from recorded learning curves).
+TRIAL_BODY_VARIABLE = "GRU4REC_SEARCH_TRIAL_BODY"
 
+logger = logging.getLogger(__name__)
 _gauges: dict[str, Gauge] = {}
 
 
@@ -79,6 +88,20 @@ def shared_data(refs: dict[str, ray.ObjectRef]) -> dict[str, SessionData]:
     return {name: _data[f"{name}:{ref.hex()}"] for name, ref in refs.items()}
 
 
+def resume_candidates() -> list[tune.Checkpoint]:
+    """The checkpoints a trial may resume from, newest first: one in the trial's folder newer than Tune's (a driver
+    killed after the trial saved it, before Tune's next snapshot), then Tune's own. Without the first, such a
+    trial would train again the epochs it had already saved, from its first one if Tune knew no checkpoint."""
+    known = tune.get_checkpoint()
+    fs, folder = trial_storage()
+    saved = sorted(e.path for e in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+                   if e.type == pyarrow.fs.FileType.Directory and e.base_name.startswith("checkpoint_"))
+    found = [known] if known is not None else []
+    if saved and (known is None or os.path.basename(known.path.rstrip("/")) < os.path.basename(saved[-1])):
+        found.insert(0, tune.Checkpoint(saved[-1], filesystem=fs))
+    return found
+
+
 def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.ObjectRef]) -> None:
     """Train one sampled config epoch by epoch, resuming from Tune's checkpoint if there is one."""
     config = trial_config(setup, {k: v for k, v in params.items() if k != STUDY_KEY})
@@ -91,10 +114,13 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
     device = device_for_task()
     trainer = Trainer(config, train, device=device, threads=1 if cpus == 1 else None,
                       cuda_graphs=graphs_option(setup.cuda_graphs))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            trainer.load_state_dict(load_training_state(Path(directory) / STATE_FILE))
+    for checkpoint in resume_candidates():
+        try:
+            with checkpoint.as_directory() as directory:
+                trainer.load_state_dict(load_training_state(Path(directory) / STATE_FILE))
+            break
+        except Exception as e:  # noqa: BLE001 (a save cut short by a kill: fall back on the one before)
+            logger.warning("cannot resume from %s (%s); trying an older checkpoint", checkpoint.path, e)
     tags = {"search": setup.search, "study": setup.study, "trial": tune.get_context().get_trial_id()}
     mrr_gauge = _gauge("gru4rec_trial_mrr_at_20", "validation MRR@20 of a trial, set after every epoch")
     recall_gauge = _gauge("gru4rec_trial_recall_at_20", "validation Recall@20 of a trial, set after every epoch")
@@ -137,13 +163,24 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
         tune.report({**result, "device": device})
 
 
+@functools.cache
+def trial_body() -> Callable[[dict[str, Any], TrialSetup, dict[str, ray.ObjectRef]], None]:
+    """What a trial runs: `run_trial`, unless the worker's environment names a replacement in
+    GRU4REC_SEARCH_TRIAL_BODY (read once per worker process, which Ray reuses across trials)."""
+    target = os.environ.get(TRIAL_BODY_VARIABLE)
+    if not target:
+        return run_trial
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def make_trainable(setups: dict[str, TrialSetup], data: dict[str, ray.ObjectRef],
                    resources: Callable[[dict], Any]) -> Callable:
     """The Tune trainable of a search: a trial's config names its study; the splits are in the object store;
     `resources` gives a trial's resource request from its config (GPU shares can differ by study)."""
     def gru4rec_trial(params: dict[str, Any]) -> None:
         try:
-            run_trial(params, setups[params[STUDY_KEY]], data)
+            trial_body()(params, setups[params[STUDY_KEY]], data)
         finally:
             free_memory(device_for_task())
 
