@@ -713,7 +713,7 @@ def verify(phase: Phase, settings: BenchSettings, progress: Progress) -> dict:
     from search.cli import load_settings
     from search.ledger import METRICS_FILE, read_results
     from search.study import optuna_storage
-    from search.tune_ext import FINISHED, STUDY_KEY
+    from search.tune_ext import FINISHED, STUDY_KEY, counted_trials
 
     search, store = load_settings(phase.name, phase.storage)
     storage = optuna_storage(search, store)
@@ -724,7 +724,7 @@ def verify(phase: Phase, settings: BenchSettings, progress: Progress) -> dict:
         mine = [t for t in trials if t["config"].get(STUDY_KEY) == plan.name]
         study = optuna.load_study(study_name=search.optuna_study_name(plan), storage=storage)
         everything = study.get_trials(deepcopy=False)
-        counted = [t for t in everything if not t.user_attrs.get("lost")]
+        counted = counted_trials(study)
         ids = [t.user_attrs.get("tune_trial_id") for t in counted]
         epochs = [[r["epoch"] for r in read_results(fs, f"{root}/{t['dir']}/{METRICS_FILE}")] for t in mine]
         studies[plan.name] = {

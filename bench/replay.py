@@ -33,7 +33,7 @@ from bench.surrogate import Surrogate
 from search.ledger import METRIC, METRICS_FILE, RECALL, read_results
 from search.settings import write_atomically
 from search.spaces import default_space_file, load_space
-from search.trainable import TrialSetup, resume_candidates
+from search.trainable import TrialLog, TrialSetup, resume_candidates
 from search.tune_ext import STUDY_KEY, trial_storage
 
 CURVES = Path(__file__).resolve().parent / "data" / "curves.parquet"
@@ -74,25 +74,6 @@ def resumed_epoch() -> int:
     return 0
 
 
-def recorder(first: int, device: str) -> tuple[Callable[[dict[str, Any]], None], int]:
-    """The trial's metrics-file writer, as `run_trial` keeps it (the lines up to the resumed epoch, then one per
-    epoch, with the running time), and how many recorded epochs the resume discards (they are run again)."""
-    fs, folder = trial_storage()
-    path = f"{folder}/{METRICS_FILE}"
-    recorded = read_results(fs, path)
-    history = [r for r in recorded if r["epoch"] <= first]
-    clock = [time.perf_counter()]
-
-    def record(entry: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        spent = (history[-1]["time_total_s"] if history else 0.0) + now - clock[0]
-        clock[0] = now
-        history.append({**entry, "training_iteration": entry["epoch"], "device": device, "time_total_s": spent})
-        write_atomically(fs, path, "".join(json.dumps(r) + "\n" for r in history).encode())
-
-    return record, len(recorded) - len(history)
-
-
 def replay_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, Any]) -> None:
     """One trial from the recorded curves: per epoch, sleep the scaled epoch time, record, report (and save a
     small checkpoint at the search's checkpoint epochs), resuming after Tune's checkpoint if there is one."""
@@ -105,26 +86,35 @@ def replay_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, Any]
     recall, loss = pools["recall"].curve(sampled)[0], pools["loss"].curve(sampled)[0]
     scale = float(os.environ[EPOCH_SECONDS_VARIABLE]) / pools["mrr"].mean_epoch_seconds
     first = resumed_epoch()
-    record, redone = recorder(first, "cpu")
-    log("begin", trial=tune.get_context().get_trial_id(), study=setup.study, epoch=first, redone=redone)
+    trial_log = TrialLog(first, "cpu")
+    log("begin", trial=tune.get_context().get_trial_id(), study=setup.study, epoch=first, redone=trial_log.redone)
+    try:
+        replay_epochs(first, n_epochs, setup, (mrr, recall, loss, seconds * scale, diverged), trial_log)
+    finally:
+        trial_log.close()
+
+
+def replay_epochs(first: int, n_epochs: int, setup: TrialSetup, curve: tuple, trial_log: TrialLog) -> None:
+    """The epochs after `first`: sleep, record, report, with a small checkpoint at the search's saved epochs."""
+    mrr, recall, loss, seconds, diverged = curve
     for epoch in range(first + 1, n_epochs + 1):
-        slept = seconds[epoch - 1] * scale
+        slept = seconds[epoch - 1]
         time.sleep(slept)
         if diverged and epoch >= diverged:
             result = {METRIC: 0.0, RECALL: 0.0, "epoch": epoch, "diverged": 1}
-            record(result)
+            trial_log.record(result)
             tune.report({**result, "device": "cpu"})
             return
         result = {METRIC: float(mrr[epoch - 1]), RECALL: float(recall[epoch - 1]), "epoch": epoch,
                   "loss": float(loss[epoch - 1]), "epoch_seconds": slept, "diverged": 0}
         if epoch not in setup.checkpoint_epochs:
-            record(result)
+            trial_log.record(result)
             tune.report({**result, "device": "cpu"})
             continue
         with tempfile.TemporaryDirectory(prefix="gru4rec-replay-") as directory:
             state = Path(directory) / STATE_FILE
             state.write_text(json.dumps({"epoch": epoch}))
-            record({**result, "checkpoint_bytes": state.stat().st_size})
+            trial_log.record({**result, "checkpoint_bytes": state.stat().st_size})
             tune.report({**result, "device": "cpu"}, checkpoint=tune.Checkpoint.from_directory(directory))
 
 

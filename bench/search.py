@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -47,7 +48,6 @@ import ray  # noqa: E402
 import ray.cloudpickle  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune import CheckpointConfig, RunConfig, TuneConfig, Tuner  # noqa: E402
-from ray.tune.logger import TBXLoggerCallback  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search.ledger import METRIC  # noqa: E402
@@ -66,15 +66,29 @@ CURVES = HERE / "data" / "curves.parquet"
 POOLS = {"rsc15 xe": ("rsc15_100k", "xe_shared", "cross-entropy"),
          "rsc15 bpr-max": ("rsc15_100k", "bprmax_shared", "bpr-max"),
          "globo xe": ("globo_g1", "xe_shared", "cross-entropy")}
-METHODS = ("platform", "tpe 4.x defaults + asha", "random + asha", "tpe full budget")
+METHODS = ("platform", "tpe 4.x defaults + asha", "random + asha", "tpe full budget", "calibrated")
+LOSSES = {"xe": "cross-entropy", "bprmax": "bpr-max"}  # a study's first token names its loss
 GRACE, REDUCTION = 1, 3  # the platform's ASHA defaults
 
 
-def surrogates(curves_path: Path) -> dict[str, Surrogate]:
+def pool_key(label: str) -> tuple[str, str, str]:
+    """(dataset, study, loss) of a pool: a name of POOLS, or DATASET:STUDY of any recorded pool."""
+    if label in POOLS:
+        return POOLS[label]
+    dataset, _, study = label.partition(":")
+    if not study or study.split("_")[0] not in LOSSES:
+        raise SystemExit(f"--pools {label}: use one of {', '.join(POOLS)} or DATASET:STUDY (a study such as "
+                         "xe_separate or bprmax_none)")
+    return dataset, study, LOSSES[study.split("_")[0]]
+
+
+def surrogates(curves_path: Path, labels: list[str]) -> dict[str, Surrogate]:
+    """The surrogate of each pool with 8 or more recorded configs in the curves file."""
     import pandas as pd
     curves = pd.read_parquet(curves_path)
     found = {}
-    for label, (dataset, study, loss) in POOLS.items():
+    for label in labels:
+        dataset, study, loss = pool_key(label)
         pool = curves[(curves["dataset"] == dataset) & (curves["study"] == study)]
         if pool["config_id"].nunique() >= 8:
             found[label] = Surrogate(pool, load_space(default_space_file(loss)))
@@ -150,8 +164,8 @@ def run_tuner(studies: dict[str, tuple[Surrogate, str]], method: str, concurrenc
     mux = StudyMux(searchers, {name: trials for name in studies}, policy, METRIC, MODE)
     epochs = next(iter(studies.values()))[0].epochs
     scheduler = FIFOScheduler() if method == "tpe full budget" else StudyASHA(
-        time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=epochs, grace_period=GRACE,
-        reduction_factor=REDUCTION)
+        "calibrated" if method == "calibrated" else "asha", time_attr="training_iteration", metric=METRIC,
+        mode=MODE, max_t=epochs, grace_period=GRACE, reduction_factor=REDUCTION)
     trainable = tune.with_resources(tune.with_parameters(
         simulated_trial, pools={name: pool for name, (pool, _) in studies.items()}, scale=scale,
         checkpoint_kb=checkpoint_kb), {"cpu": 1})
@@ -160,7 +174,7 @@ def run_tuner(studies: dict[str, tuple[Surrogate, str]], method: str, concurrenc
                                                         max_concurrent_trials=concurrency, reuse_actors=True),
                       run_config=RunConfig(name="bench", storage_path=storage, verbose=0,
                                            checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-                                           callbacks=[TBXLoggerCallback(), CheckpointJanitor()]))
+                                           callbacks=[CheckpointJanitor()]))
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start
@@ -297,7 +311,7 @@ def warm_start(pools: dict[str, Surrogate], label: str, concurrency: int, seeds:
                scale: float, log: Log) -> dict[str, list[list[float]]]:
     """Best-so-far true final MRR@20 by trial: cold, warm-started from the published configs, and warm-started
     from an earlier search of half the trials with another seed."""
-    dataset, study, loss = POOLS[label]
+    _, _, loss = pool_key(label)
     plan = plan_study(loss, "shared", 10, load_space(default_space_file(loss)), {})
     pool = pools[label]
     starts = {"cold": lambda seed: None,
@@ -358,6 +372,22 @@ def trials_to_reach(line: list[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(line) if v >= target), None)
 
 
+def iqm(values: list[float]) -> float:
+    """The interquartile mean: the mean of the middle half (robust to a few lucky or unlucky seeds)."""
+    ordered = sorted(values)
+    cut = len(ordered) // 4
+    middle = ordered[cut:len(ordered) - cut]
+    return statistics.mean(middle)
+
+
+def bootstrap_interval(values: list[float], statistic, seed: int = 0, draws: int = 2000) -> tuple[float, float]:
+    """The 95% percentile-bootstrap interval of a statistic of the seeds' values."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(len(values), size=(draws, len(values)))
+    found = sorted(statistic([values[i] for i in row]) for row in picks)
+    return found[int(0.025 * draws)], found[int(0.975 * draws) - 1]
+
+
 def summarise(outcomes: list[Outcome], label: str, pool: Surrogate) -> list[dict[str, Any]]:
     rows = []
     for method in METHODS:
@@ -366,8 +396,12 @@ def summarise(outcomes: list[Outcome], label: str, pool: Surrogate) -> list[dict
             if not mine:
                 continue
             budget = mine[0].trials * pool.epochs
+            regrets = [100 * o.regret for o in mine]
+            low, high = bootstrap_interval(regrets, statistics.median)
             rows.append({"pool": label, "method": method, "concurrency": concurrency, "reps": len(mine),
-                         "median regret %": 100 * statistics.median(o.regret for o in mine),
+                         "median regret %": statistics.median(regrets),
+                         "median 95% CI": f"{low:.2f}-{high:.2f}",
+                         "IQM regret %": iqm(regrets),
                          "worst regret %": 100 * max(o.regret for o in mine),
                          "runs within 1%": sum(o.regret <= 0.01 for o in mine),
                          "epochs % of full budget": 100 * statistics.median(o.epochs for o in mine) / budget,
@@ -411,7 +445,7 @@ def plot(outcomes: list[Outcome], label: str, curves: dict[str, list[list[float]
     figure, axes = plt.subplots(1, 2 if curves else 1, figsize=(12 if curves else 6, 4.5), squeeze=False)
     ax = axes[0][0]
     budget = outcomes[0].trials * pool.epochs
-    markers = dict(zip(METHODS, "osD^"))
+    markers = dict(zip(METHODS, "osD^v"))
     for method in METHODS:
         for concurrency in sorted({o.concurrency for o in outcomes}):
             mine = [o for o in outcomes if o.method == method and o.concurrency == concurrency]
@@ -439,7 +473,10 @@ def plot(outcomes: list[Outcome], label: str, curves: dict[str, list[list[float]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--curves", type=Path, default=CURVES)
-    p.add_argument("--pools", default="rsc15 xe", help=f"comma-separated: {', '.join(POOLS)}")
+    p.add_argument("--pools", default="rsc15 xe",
+                   help=f"comma-separated: {', '.join(POOLS)}, or DATASET:STUDY of any pool in --curves")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods of the concurrency "
+                   f"sweep (default: all of {', '.join(METHODS)})")
     p.add_argument("--concurrency", default="1,8,32,64")
     p.add_argument("--seeds", type=int, default=10, help="repetitions per setting")
     p.add_argument("--trials", type=int, default=100, help="trials per search")
@@ -461,8 +498,11 @@ def main() -> None:
     ray.cloudpickle.register_pickle_by_value(surrogate_module)  # workers need not find bench/ on their path
     if __name__ != "__main__":
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    pools = surrogates(args.curves)
-    labels = [label.strip() for label in args.pools.split(",") if label.strip() in pools]
+    methods = [m.strip() for m in args.methods.split(",")]
+    if unknown := [m for m in methods if m not in METHODS]:
+        raise SystemExit(f"--methods: unknown {unknown[0]!r} (use {', '.join(METHODS)})")
+    pools = surrogates(args.curves, [label.strip() for label in args.pools.split(",") if label.strip()])
+    labels = list(pools)
     if not labels:
         raise SystemExit(f"{args.curves}: no pool with 8 or more recorded configs among {args.pools}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -486,7 +526,7 @@ def main() -> None:
             print("  configs drawn uniformly: " + ", ".join(f"{k} {100 * v:.3f}%" if k.startswith("within") else
                                                           f"{k} {100 * v:.2f}%" for k, v in found.items()
                                                           if k != "samples"), flush=True)
-        outcomes = concurrency_sweep(pools, label, concurrencies, list(METHODS), args.seeds, args.trials,
+        outcomes = concurrency_sweep(pools, label, concurrencies, methods, args.seeds, args.trials,
                                      args.scale, log) if "concurrency" in experiments else []
         curves = warm_start(pools, label, concurrencies[min(1, len(concurrencies) - 1)], args.seeds,
                             args.trials, args.scale, log) if "warm" in experiments and label == labels[0] else None
@@ -497,7 +537,7 @@ def main() -> None:
             report.setdefault("paired", {})[label] = against = paired(outcomes)
             print(markdown(rows))
             print(markdown(against))
-            plot(outcomes, label, curves, pool, figures / f"search-{label.replace(' ', '-')}.png")
+            plot(outcomes, label, curves, pool, figures / f"search-{re.sub('[^A-Za-z0-9_.-]', '-', label)}.png")
         if curves:
             target = 0.99 * pool.best_final
             reach = {kind: [trials_to_reach(line, target) for line in lines] for kind, lines in curves.items()}

@@ -17,7 +17,6 @@ import optuna
 import pyarrow.fs
 import ray
 from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
-from ray.tune.logger import TBXLoggerCallback
 
 from gru4rec import SessionData, free_memory, load_session_data
 from gru4rec.checkpoint import training_state_bytes
@@ -38,8 +37,11 @@ logger = logging.getLogger(__name__)
 
 # Tune snapshots the experiment state every >= 10 s by default; a trial that finished after the last snapshot
 # is replayed from its last checkpoint after a driver crash. Trials take minutes, so a 1 s period costs little
-# (and Tune's warning about snapshots less than 5 s apart is then expected, so it is turned off).
-TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+# (and Tune's warning about snapshots less than 5 s apart is then expected, so it is turned off). Tune's own
+# per-trial logs are off: each snapshot uploads everything the driver wrote, and the trials write their
+# metrics and TensorBoard curves themselves (trainable.TrialLog).
+TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+                    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 KEEP_CHECKPOINTS = 2  # per running trial; fewer makes Tune warn on every checkpoint (see shared notes)
 
 
@@ -226,7 +228,7 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
         scheduler = StudyASHA(settings.early_stopping, time_attr="training_iteration", metric=METRIC, mode=MODE,
                               max_t=settings.epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
-        callbacks = [TBXLoggerCallback(), CheckpointJanitor()]
+        callbacks = [CheckpointJanitor()]
         tuner = Tuner(
             trainable,
             tune_config=TuneConfig(search_alg=mux, scheduler=scheduler, num_samples=-1,

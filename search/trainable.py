@@ -23,6 +23,7 @@ import ray
 import torch
 from ray import tune
 from ray.util.metrics import Gauge
+from tensorboardX import SummaryWriter
 
 from gru4rec import Config, EpochInfo, SessionData, Trainer, TrainingError, free_memory
 from gru4rec.checkpoint import load_training_state, save_training_state
@@ -88,6 +89,46 @@ def shared_data(refs: dict[str, ray.ObjectRef]) -> dict[str, SessionData]:
     return {name: _data[f"{name}:{ref.hex()}"] for name, ref in refs.items()}
 
 
+class TrialLog:
+    """A trial's record of its epochs, written by the trial itself into its folder of the search's storage before
+    it reports each epoch: metrics.jsonl (what the ledger, `status` and a resume read) and TensorBoard curves
+    (MRR@20, Recall@20, loss). The driver writes nothing per trial, so a snapshot of the experiment does not
+    upload every trial's logs again.
+    """
+
+    CURVES = (METRIC, RECALL, "loss")
+
+    def __init__(self, resumed_epoch: int, device: str):
+        self.fs, self.folder = trial_storage()
+        recorded = read_results(self.fs, f"{self.folder}/{METRICS_FILE}")
+        self.history = [r for r in recorded if r["epoch"] <= resumed_epoch]
+        self.redone = len(recorded) - len(self.history)  # epochs recorded past the checkpoint, trained again
+        self.device = device
+        self._clock = time.perf_counter()
+        self._events = tempfile.TemporaryDirectory(prefix="gru4rec-curves-")
+        self._writer = SummaryWriter(self._events.name, flush_secs=3600)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """The epoch's line in metrics.jsonl and its points on the curves, durable in the storage."""
+        now = time.perf_counter()
+        spent = (self.history[-1]["time_total_s"] if self.history else 0.0) + now - self._clock
+        self._clock = now
+        entry = {**entry, "training_iteration": entry["epoch"], "device": self.device, "time_total_s": spent}
+        self.history.append(entry)
+        write_atomically(self.fs, f"{self.folder}/{METRICS_FILE}",
+                         "".join(json.dumps(r) + "\n" for r in self.history).encode())
+        for key in self.CURVES:
+            if key in entry:
+                self._writer.add_scalar(key, entry[key], entry["epoch"])
+        self._writer.flush()
+        for name in os.listdir(self._events.name):  # one small event file per run of the trial
+            write_atomically(self.fs, f"{self.folder}/{name}", Path(self._events.name, name).read_bytes())
+
+    def close(self) -> None:
+        self._writer.close()
+        self._events.cleanup()
+
+
 def resume_candidates() -> list[tune.Checkpoint]:
     """The checkpoints a trial may resume from, newest first: one in the trial's folder newer than Tune's (a driver
     killed after the trial saved it, before Tune's next snapshot), then Tune's own. Without the first, such a
@@ -125,18 +166,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
     mrr_gauge = _gauge("gru4rec_trial_mrr_at_20", "validation MRR@20 of a trial, set after every epoch")
     recall_gauge = _gauge("gru4rec_trial_recall_at_20", "validation Recall@20 of a trial, set after every epoch")
 
-    fs, folder = trial_storage()
-    history = [r for r in read_results(fs, f"{folder}/{METRICS_FILE}") if r["epoch"] <= trainer.epoch]
-    clock = [time.perf_counter()]
-
-    def record(entry: dict[str, Any]) -> None:
-        """The epoch's line in the trial's metrics file, durable in the storage before Tune hears of it."""
-        now = time.perf_counter()
-        spent = (history[-1]["time_total_s"] if history else 0.0) + now - clock[0]
-        clock[0] = now
-        entry = {**entry, "training_iteration": entry["epoch"], "device": device, "time_total_s": spent}
-        history.append(entry)
-        write_atomically(fs, f"{folder}/{METRICS_FILE}", "".join(json.dumps(r) + "\n" for r in history).encode())
+    log = TrialLog(trainer.epoch, device)
 
     def report(info: EpochInfo) -> None:
         metrics = info.metrics
@@ -145,13 +175,13 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
         result = {METRIC: metrics.mrr[20], RECALL: metrics.recall[20], "epoch": info.epoch, "loss": info.loss,
                   "epoch_seconds": info.seconds, "events_per_s": info.events_per_s, "diverged": 0}
         if info.epoch not in setup.checkpoint_epochs:
-            record(result)
+            log.record(result)
             tune.report({**result, "device": device})
             return
         with tempfile.TemporaryDirectory(prefix="gru4rec-trial-") as directory:
             path = Path(directory) / STATE_FILE
             save_training_state(path, trainer.state_dict())
-            record({**result, "checkpoint_bytes": path.stat().st_size})
+            log.record({**result, "checkpoint_bytes": path.stat().st_size})
             tune.report({**result, "device": device}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
@@ -159,8 +189,10 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
     except TrainingError:
         # A diverged config is a bad config, not a broken worker: score it 0 so TPE learns to avoid it.
         result = {METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch + 1, "diverged": 1}
-        record(result)
+        log.record(result)
         tune.report({**result, "device": device})
+    finally:
+        log.close()
 
 
 @functools.cache

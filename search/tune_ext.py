@@ -167,18 +167,22 @@ class DurableOptunaSearch(OptunaSearch):
         search's ledger and budget count only the trials Tune knows.
         """
         known = {t._trial_id for t in self._ot_trials.values()}
+        storage, study_id = self._ot_study._storage, self._ot_study._study_id
+        ended_lost = set(self._ot_study.user_attrs.get(LOST_ATTR, []))
         lost = []
         for trial in self._ot_study.get_trials(deepcopy=False):
             # A trial without attributes was being asked when the driver stopped (asking is not atomic).
-            if (trial._trial_id in known or trial.user_attrs.get(LOST_ATTR)
+            if (trial._trial_id in known or trial.user_attrs.get(LOST_ATTR) or trial.number in ended_lost
                     or trial.user_attrs.get(EXPERIMENT_ATTR, self._experiment) != self._experiment):
                 continue
-            storage = self._ot_study._storage
-            storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, "asked after the driver's last snapshot")
             if trial.state == TrialState.RUNNING:
+                storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, "asked after the driver's last snapshot")
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            else:  # an ended trial cannot be changed: the study lists it
+                ended_lost.add(trial.number)
             lost.append(trial.number)
         if lost:
+            storage.set_study_user_attr(study_id, LOST_ATTR, sorted(ended_lost))
             logger.warning("trials %s were asked after the driver's last snapshot; set aside (running ones "
                            "marked FAIL)", lost)
         return lost
@@ -197,11 +201,17 @@ class DurableOptunaSearch(OptunaSearch):
             self._completed_trials.discard(trial_id)
 
 
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials but those set aside as lost on a resume (see DurableOptunaSearch.reconcile)."""
+    ended_lost = set(study.user_attrs.get(LOST_ATTR, []))
+    return [t for t in study.get_trials(deepcopy=False)
+            if not t.user_attrs.get(LOST_ATTR) and t.number not in ended_lost]
+
+
 def optuna_outcomes(study: optuna.Study, experiment: str) -> dict[str, TrialState]:
     """Tune trial id -> state of its Optuna trial, for one experiment of the study."""
-    return {t.user_attrs[TUNE_TRIAL_ATTR]: t.state for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get(EXPERIMENT_ATTR) == experiment and TUNE_TRIAL_ATTR in t.user_attrs
-            and not t.user_attrs.get(LOST_ATTR)}
+    return {t.user_attrs[TUNE_TRIAL_ATTR]: t.state for t in counted_trials(study)
+            if t.user_attrs.get(EXPERIMENT_ATTR) == experiment and TUNE_TRIAL_ATTR in t.user_attrs}
 
 
 class StudyMux(Searcher):

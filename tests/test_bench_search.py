@@ -64,34 +64,41 @@ def test_a_config_next_to_a_diverged_one_diverges_there():
 
 @pytest.mark.skipif(not (BENCH / "data" / "curves.parquet").is_file(), reason="no recorded curves")
 def test_the_benchmark_runs_end_to_end_at_small_size(tmp_path):
+    curves = tmp_path / "elsewhere.parquet"  # any recorded pool file, any pool in it, by DATASET:STUDY
+    curves.write_bytes((BENCH / "data" / "curves.parquet").read_bytes())
     run = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick", "--experiments", "concurrency",
+                          "--curves", str(curves), "--pools", "rsc15_100k:xe_shared",
                           "--concurrency", "1,2", "--seeds", "1", "--trials", "8", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    table = [line for line in run.stdout.splitlines() if line.startswith("| rsc15 xe |")]
-    assert len(table) == 8  # four methods at two concurrencies
+    table = [line for line in run.stdout.splitlines() if line.startswith("| rsc15_100k:xe_shared |")]
+    assert len(table) == 10  # five methods at two concurrencies
     full = [line for line in table if "tpe full budget" in line]
     assert all("| 100.00 |" in line for line in full)  # a full-budget search trains every epoch
     written = Path(run.stdout.strip().splitlines()[-1].split("results written to ")[1])
     report = json.loads(written.read_text())
-    assert {row["concurrency"] for row in report["tables"]["rsc15 xe"]} == {1, 2}
-    assert (tmp_path / "figures" / "search-rsc15-xe.png").stat().st_size > 0
-    regret = {(o["method"], o["concurrency"]): o["regret"] for o in report["outcomes rsc15 xe"]}  # one seed
-    for row in report["paired"]["rsc15 xe"]:
+    label = "rsc15_100k:xe_shared"
+    assert {row["concurrency"] for row in report["tables"][label]} == {1, 2}
+    for row in report["tables"][label]:  # one seed: its regret is the median, the IQM and the whole interval
+        assert row["median regret %"] == row["IQM regret %"]
+        assert row["median 95% CI"] == f"{row['median regret %']:.2f}-{row['median regret %']:.2f}"
+    assert (tmp_path / "figures" / "search-rsc15_100k-xe_shared.png").stat().st_size > 0
+    regret = {(o["method"], o["concurrency"]): o["regret"] for o in report[f"outcomes {label}"]}  # one seed
+    for row in report["paired"][label]:
         difference = regret[("platform", row["concurrency"])] - regret[(row["platform against"], row["concurrency"])]
         assert (row["lower"], row["higher"]) == (int(difference < -1e-12), int(difference > 1e-12))
         assert row["mean difference, points"] == pytest.approx(100 * difference)
-    assert len(report["paired"]["rsc15 xe"]) == 6  # three other methods at two concurrencies
+    assert len(report["paired"][label]) == 8  # four other methods at two concurrencies
     log = written.with_suffix(".jsonl")
-    assert len(log.read_text().splitlines()) == 8  # one line per finished search
+    assert len(log.read_text().splitlines()) == 10  # one line per finished search
     again = subprocess.run([sys.executable, str(BENCH / "search.py"), "--quick",
-                            "--experiments", "landscape,concurrency",
+                            "--experiments", "landscape,concurrency", "--curves", str(curves), "--pools", label,
                             "--concurrency", "1,2", "--seeds", "1", "--trials", "8", "--out", str(tmp_path),
                             "--log", str(log)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "8 searches already done" in again.stdout and "c= 1 seed=0" not in again.stdout  # nothing rerun
-    assert [line for line in again.stdout.splitlines() if line.startswith("| rsc15 xe |")] == table
-    summary = json.loads(written.read_text())["pools"]["rsc15 xe"]
+    assert "10 searches already done" in again.stdout and "c= 1 seed=0" not in again.stdout  # nothing rerun
+    assert [line for line in again.stdout.splitlines() if line.startswith(f"| {label} |")] == table
+    summary = json.loads(written.read_text())["pools"][label]
     recorded = pd.read_parquet(BENCH / "data" / "curves.parquet")
     recorded = recorded[(recorded["dataset"] == "rsc15_100k") & (recorded["study"] == "xe_shared")]
     by_epoch = recorded.pivot(index="config_id", columns="epoch", values="mrr").fillna(0.0)

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.ledger import read_results
-from search.tune_ext import read_state
+from search.tune_ext import counted_trials, read_state
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
 BIN = Path(sys.executable).parent
@@ -87,7 +87,8 @@ class Search:
         except (json.JSONDecodeError, OSError, KeyError):
             return []  # being written
 
-    def optuna_trials(self) -> list:
+    def optuna_trials(self, counted: bool = False) -> list:
+        """The study's trials (`counted`: but those a resume set aside as lost)."""
         url = self.optuna_url
         if url is None:
             if not (self.folder / "optuna.journal").exists():
@@ -97,9 +98,10 @@ class Search:
         else:
             storage = url
         try:
-            return optuna.load_study(study_name="chaos/xe_shared", storage=storage).trials
+            study = optuna.load_study(study_name="chaos/xe_shared", storage=storage)
         except KeyError:
             return []
+        return counted_trials(study) if counted else study.trials
 
     def results(self, trial_dir: str) -> list[dict]:
         return read_results(pyarrow.fs.LocalFileSystem(), str(self.experiment / trial_dir / "metrics.jsonl"))
@@ -173,9 +175,9 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     tune = search.tune_trials()
     assert len(tune) == TRIALS and all(t["status"] == "TERMINATED" for t in tune)
     trials = search.optuna_trials()
-    counted = [t for t in trials if not t.user_attrs.get("lost")]
+    counted = search.optuna_trials(counted=True)
     assert len(counted) == TRIALS and not any(t.state == TrialState.RUNNING for t in trials)
-    assert all(t.state == TrialState.FAIL for t in trials if t.user_attrs.get("lost"))
+    assert all(t.state == TrialState.FAIL for t in trials if t.user_attrs.get("lost"))  # lost while running
     assert {t.user_attrs["tune_trial_id"] for t in counted} == {t["trial_id"] for t in tune}
     # Every epoch of every trial trained at most once more, past the checkpoint it resumed from.
     for t in tune:

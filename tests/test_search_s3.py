@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from search.journal import JournalReplica
 from search.ledger import read_results
 from search.settings import Store
-from search.tune_ext import read_state
+from search.tune_ext import counted_trials, read_state
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
 BIN = Path(sys.executable).parent
@@ -69,10 +69,11 @@ class Hosts:
         except (json.JSONDecodeError, OSError, KeyError):
             return []
 
-    def optuna_trials(self) -> list:
+    def counted_optuna_trials(self) -> list:
+        """The study's trials but those a resume set aside as lost."""
         local = JournalReplica(Store(self.uri), self.tmp / "reader").pull()
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(local)))
-        return optuna.load_study(study_name="s3search/xe_shared", storage=storage).trials
+        return counted_trials(optuna.load_study(study_name="s3search/xe_shared", storage=storage))
 
     def state_files(self) -> dict[str, bytes]:
         """Tune's saved experiment files (not the trials' folders), name -> content."""
@@ -88,7 +89,7 @@ class Hosts:
         """Exactly `trials` trials, all ended, in Tune and in Optuna (lost asks aside), none trained twice."""
         tune = self.tune_trials()
         assert len(tune) == trials and all(t["status"] == "TERMINATED" for t in tune), tune
-        counted = [t for t in self.optuna_trials() if not t.user_attrs.get("lost")]
+        counted = self.counted_optuna_trials()
         assert sorted(t.user_attrs["tune_trial_id"] for t in counted) == sorted(t["trial_id"] for t in tune)
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
         for t in tune:

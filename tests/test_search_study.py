@@ -1,6 +1,7 @@
 """Pruned-trial bookkeeping of the searcher, settings, resources, and the finalize helpers (no Ray cluster)."""
 import json
 import os
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,8 +22,8 @@ from search.finalize import StudyResult, exported_config, markdown_table, paramf
 from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
 from search.study import largest_config
-from search.tune_ext import (STUDY_KEY, CalibratedStudy, DurableOptunaSearch, ResumableASHA, delete_stale_checkpoints,
-                             end_finished_trials, read_state)
+from search.tune_ext import (STUDY_KEY, CalibratedStudy, DurableOptunaSearch, ResumableASHA, counted_trials,
+                             delete_stale_checkpoints, end_finished_trials, read_state)
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
 
@@ -341,6 +342,26 @@ def test_trials_asked_after_the_last_snapshot_are_failed_on_resume(tmp_path):
     resumed.on_trial_complete("a", epoch_result(1, 0.2))  # trial a goes on as usual
     assert optuna.load_study(study_name="s/xe_shared",
                              storage=journal(tmp_path / "optuna.journal")).trials[0].state == TrialState.PRUNED
+
+
+def test_trials_ended_after_the_last_snapshot_or_unknown_to_tune_are_set_aside(tmp_path):
+    first = durable(tmp_path / "optuna.journal")
+    for trial in ("a", "b", "c"):
+        first.suggest(trial)
+    first.save(str(tmp_path / "state.pkl"))  # the searcher's snapshot knows a, b and c ...
+    first.suggest("d")
+    first.on_trial_complete("d", epoch_result(3, 0.3))  # ... not d, which ended before the kill
+    first.on_trial_complete("c", epoch_result(3, 0.25))
+    resumed = durable(tmp_path / "optuna.journal")
+    with open(tmp_path / "state.pkl", "rb") as f:
+        resumed.restore_state(pickle.load(f), tune_trials={"a", "b"})  # Tune's state is older: no c
+    study = optuna.load_study(study_name="s/xe_shared", storage=journal(tmp_path / "optuna.journal"))
+    a, b, c, d = study.trials
+    assert c.state == d.state == TrialState.COMPLETE  # an ended trial keeps its result for TPE
+    assert study.user_attrs["lost"] == [c.number, d.number]
+    assert [t.user_attrs["tune_trial_id"] for t in counted_trials(study)] == ["a", "b"]
+    assert sorted(resumed._ot_trials) == ["a", "b"]
+    assert resumed.reconcile() == []  # set aside once
 
 
 def test_a_copied_search_writes_to_its_own_journal(tmp_path):
