@@ -6,9 +6,7 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pyarrow.fs
 import pytest
@@ -18,12 +16,9 @@ from search.ledger import checkpoint_epochs, read_results
 from search.settings import SearchSettings
 from search.tune_ext import STUDY_KEY, read_state
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
-BIN = Path(sys.executable).parent
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DATA / "train_tr.tsv").is_file(), reason=f"{DATA} is not present")]
-SPACE = [{"name": "layers", "dtype": "int", "values": [32, 64], "step": 32},
-         {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05}]
+from rsc15 import BIN, DATA, SLOW_ON_DATA, SMALL_SPACE as SPACE
+
+pytestmark = SLOW_ON_DATA
 EPOCHS, RUNGS_AND_LAST = 4, [1, 3, 4]  # grace period 1, reduction factor 3: rungs at 1 and 3
 # Tune snapshots its state every 0.25 s here (1 s by default): the kill waits for the snapshot that holds a
 # trial's first epoch, and must still come before that trial's second epoch (about 1.5 s) has ended.

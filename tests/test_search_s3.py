@@ -7,13 +7,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pyarrow.fs
-import pytest
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -22,12 +20,9 @@ from search.ledger import read_results
 from search.settings import Store
 from search.tune_ext import counted_trials, read_state
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
-BIN = Path(sys.executable).parent
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DATA / "train_tr.tsv").is_file(), reason=f"{DATA} is not present")]
-SPACE = [{"name": "layers", "dtype": "int", "values": [32, 64], "step": 32},
-         {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05}]
+from rsc15 import BIN, DATA, SLOW_ON_DATA, SMALL_SPACE as SPACE
+
+pytestmark = SLOW_ON_DATA
 
 
 class Hosts:
