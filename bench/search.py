@@ -52,7 +52,7 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search.ledger import METRIC  # noqa: E402
 from search.spaces import load_space, plan_study, default_space_file  # noqa: E402
-from search.study import KEEP_CHECKPOINTS, TUNE_ENVIRONMENT, tpe_sampler  # noqa: E402
+from search.study import KEEP_CHECKPOINTS, TUNE_ENVIRONMENT, snapshot_period, tpe_sampler  # noqa: E402
 from search.trainable import MODE  # noqa: E402
 from search.tune_ext import STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux  # noqa: E402
 from search.warmstart import TOP_OF_EARLIER_SEARCH, warm_configs  # noqa: E402
@@ -506,7 +506,8 @@ def main() -> None:
     if not labels:
         raise SystemExit(f"{args.curves}: no pool with 8 or more recorded configs among {args.pools}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    os.environ.update(TUNE_ENVIRONMENT)  # snapshots as often as the platform takes them
+    # snapshots as often as the platform takes them for a search of this size
+    os.environ.update({**TUNE_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": str(snapshot_period(args.trials))})
     ray.init(num_cpus=max(concurrencies), include_dashboard=False, log_to_driver=False)
     log = Log(args.log or args.out / "results" / f"search-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     print(f"log: {log.path} ({len(log.records)} searches already done)", flush=True)

@@ -30,18 +30,31 @@ from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
 from .tune_ext import (FINISHED, SET_ASIDE, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
                        delete_stale_checkpoints, drop_older_sessions, end_finished_trials, newest_searcher_state,
-                       optuna_outcomes, read_state, reopen_search, replace_searcher, set_aside_restarts,
-                       trial_dirname)
+                       optuna_outcomes, quiet_result_grid, read_state, reopen_search, replace_searcher,
+                       set_aside_restarts, trial_dirname)
 
 logger = logging.getLogger(__name__)
 
-# Tune snapshots the experiment state every >= 10 s by default; a trial that finished after the last snapshot
-# is replayed from its last checkpoint after a driver crash. Trials take minutes, so a 1 s period costs little
-# (and Tune's warning about snapshots less than 5 s apart is then expected, so it is turned off). Tune's own
-# per-trial logs are off: each snapshot uploads everything the driver wrote, and the trials write their
-# metrics and TensorBoard curves themselves (trainable.TrialLog).
-TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+# Tune's warning about snapshots less than 5 s apart is expected with short periods (see snapshot_period), so it
+# is off. Tune's own per-trial logs are off too: each snapshot uploads everything the driver wrote, and the
+# trials write their metrics and TensorBoard curves themselves (trainable.TrialLog).
+TUNE_ENVIRONMENT = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
                     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# Tune's experiment state takes 28 KB per trial (33.3 MB at 1,200 trials, bench/driver_scale.py), and every
+# snapshot writes all of it: at one per second a 1,200-trial search wrote 46 GB for an 80 MB folder.
+STATE_BYTES_PER_TRIAL = 28_000
+SNAPSHOT_BYTES_PER_S = 100_000  # what the snapshots may write, on average, once the search is full size
+MAX_SNAPSHOT_PERIOD_S = 300
+
+
+def snapshot_period(trials: int) -> int:
+    """Seconds between Tune's snapshots of a search of `trials` trials in all: as short as writes of
+    SNAPSHOT_BYTES_PER_S allow at its full size, between 1 s and 5 minutes.
+
+    A kill loses what happened since the last snapshot only in part: Optuna's record of ended trials and the
+    trials' own newest checkpoints are kept, so what is lost is the trials started after it (run again).
+    """
+    return int(min(MAX_SNAPSHOT_PERIOD_S, max(1, round(trials * STATE_BYTES_PER_TRIAL / SNAPSHOT_BYTES_PER_S))))
 KEEP_CHECKPOINTS = 2  # per running trial; fewer makes Tune warn on every checkpoint (see shared notes)
 
 
@@ -211,7 +224,8 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
                                     cuda_graphs=settings.cuda_graphs) for plan in plans}
     trainable = make_trainable(setups, {k: data[k] for k in ("train", "valid")}, resources.trial_bundle)
     path = settings.experiment_uri
-    for key, value in TUNE_ENVIRONMENT.items():
+    for key, value in {**TUNE_ENVIRONMENT,
+                       "TUNE_GLOBAL_CHECKPOINT_S": str(snapshot_period(settings.trials * len(plans)))}.items():
         os.environ.setdefault(key, value)
     storage = optuna_storage(settings, store)
     restoring = Tuner.can_restore(path)
@@ -238,6 +252,7 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
                                  checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                                  failure_config=FailureConfig(max_failures=settings.max_failures),
                                  callbacks=callbacks, verbose=verbose))
+    quiet_result_grid()
     try:
         tuner.fit()
     finally:

@@ -564,6 +564,13 @@ def _trial_ids(fs: pyarrow.fs.FileSystem, path: str) -> set[str]:
     return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
 
 
+def quiet_result_grid() -> None:
+    """Silence Tune's warning, at the end of `fit`, that it found no result.json or progress.csv of any trial:
+    the platform turns Tune's per-trial loggers off (its trials write their own metrics), and the warning would
+    list every trial of the search."""
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
 def replace_searcher(tuner: Any, searcher: Searcher) -> None:
     """Put a searcher bound to this search folder into a restored Tuner (Tune then restores its state into it)."""
     tuner._local_tuner._tune_config.search_alg = searcher

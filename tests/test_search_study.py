@@ -407,3 +407,10 @@ def test_a_trial_being_asked_when_the_driver_died_is_failed_on_resume(tmp_path):
     states = [t.state for t in optuna.load_study(study_name="s/xe_shared",
                                                    storage=journal(tmp_path / "optuna.journal")).trials]
     assert states == [TrialState.RUNNING, TrialState.FAIL]
+
+
+def test_the_snapshot_period_grows_with_the_search_to_bound_its_writes():
+    from search.study import MAX_SNAPSHOT_PERIOD_S, SNAPSHOT_BYTES_PER_S, STATE_BYTES_PER_TRIAL, snapshot_period
+    assert snapshot_period(1) == 1  # a small search snapshots every second
+    assert snapshot_period(100) == round(100 * STATE_BYTES_PER_TRIAL / SNAPSHOT_BYTES_PER_S) == 28
+    assert snapshot_period(1200) == MAX_SNAPSHOT_PERIOD_S == 300  # 336 s by the rate: capped at 5 minutes
