@@ -173,8 +173,8 @@ def run_tuner(studies: dict[str, tuple[Surrogate, str]], method: str, concurrenc
         tuner = Tuner(trainable, tune_config=TuneConfig(search_alg=mux, scheduler=scheduler, num_samples=-1,
                                                         max_concurrent_trials=concurrency, reuse_actors=True),
                       run_config=RunConfig(name="bench", storage_path=storage, verbose=0,
-                                           checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-                                           callbacks=[CheckpointJanitor()]))
+                                           checkpoint_config=CheckpointConfig(num_to_keep=None),
+                                           callbacks=[CheckpointJanitor(KEEP_CHECKPOINTS)]))
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start

@@ -55,7 +55,7 @@ def snapshot_period(trials: int) -> int:
     trials' own newest checkpoints are kept, so what is lost is the trials started after it (run again).
     """
     return int(min(MAX_SNAPSHOT_PERIOD_S, max(1, round(trials * STATE_BYTES_PER_TRIAL / SNAPSHOT_BYTES_PER_S))))
-KEEP_CHECKPOINTS = 2  # per running trial; fewer makes Tune warn on every checkpoint (see shared notes)
+KEEP_CHECKPOINTS = 2  # per running trial (CheckpointJanitor): its newest, and the one before while one is saved
 
 
 def journal_path(store: Store) -> str:
@@ -242,14 +242,14 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
         scheduler = StudyASHA(settings.early_stopping, time_attr="training_iteration", metric=METRIC, mode=MODE,
                               max_t=settings.epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
-        callbacks = [CheckpointJanitor()]
+        callbacks = [CheckpointJanitor(KEEP_CHECKPOINTS)]
         tuner = Tuner(
             trainable,
             tune_config=TuneConfig(search_alg=mux, scheduler=scheduler, num_samples=-1,
                                    max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
                                    trial_dirname_creator=trial_dirname),
             run_config=RunConfig(name=EXPERIMENT, storage_path=settings.search_uri,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=None),  # the janitor keeps them
                                  failure_config=FailureConfig(max_failures=settings.max_failures),
                                  callbacks=callbacks, verbose=verbose))
     quiet_result_grid()

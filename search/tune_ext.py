@@ -381,13 +381,26 @@ class CalibratedStudy(FIFOScheduler):
 
 
 class CheckpointJanitor(Callback):
-    """Deletes a trial's checkpoints once it has ended: a study keeps checkpoints of running trials only.
+    """Keeps a running trial's newest `keep` checkpoints and deletes a trial's checkpoints once it has ended: a
+    study keeps checkpoints of running trials only.
+
+    Tune's own `CheckpointConfig(num_to_keep)` would do the first, but it also forces a snapshot of the whole
+    experiment whenever a trial has saved that many checkpoints since the last one, every few seconds in a
+    large search. A resumed trial starts from the newest checkpoint in its folder (`resume_candidates`), so
+    Tune's snapshot may name one deleted since.
 
     Tune tells the searcher (and so the durable Optuna study) before it calls callbacks, so a trial
     whose checkpoints are gone is already recorded as ended; on resume `end_finished_trials` marks it
     ended in Tune's state too, and it is never resumed from a checkpoint that no longer exists. A driver
     killed between the two leaves checkpoints behind; `delete_stale_checkpoints` sweeps them on resume.
     """
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        delete_checkpoint_dirs(trial.storage.storage_filesystem, trial.storage.trial_fs_path, trial.trial_id,
+                               keep=getattr(self, "keep", 2))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         delete_checkpoints(trial)
@@ -400,13 +413,15 @@ def delete_checkpoints(trial: Any) -> None:
     delete_checkpoint_dirs(trial.storage.storage_filesystem, trial.storage.trial_fs_path, trial.trial_id)
 
 
-def delete_checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_path: str, trial_id: str) -> None:
-    """Delete the checkpoint_* folders of one trial folder; a failure is logged, not raised (disk is not state)."""
+def delete_checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_path: str, trial_id: str, keep: int = 0) -> None:
+    """Delete the checkpoint_* folders of one trial folder but the newest `keep`; a failure is logged, not raised
+    (disk is not state)."""
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
-        for entry in entries:
-            if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
-                fs.delete_dir(entry.path)
+        saved = sorted(e.path for e in entries
+                       if e.type == pyarrow.fs.FileType.Directory and e.base_name.startswith("checkpoint_"))
+        for path in saved[:len(saved) - keep]:
+            fs.delete_dir(path)
     except OSError as e:
         logger.warning("cannot delete the checkpoints of trial %s: %s", trial_id, e)
 

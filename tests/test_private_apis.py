@@ -156,3 +156,13 @@ def test_a_snapshot_saves_the_searcher_before_it_uploads():
         changed("the order of saving and uploading in a snapshot", "StudyMux.before_save (the journal push)")
     assert "self._search_alg.save_to_dir(" in inspect.getsource(TuneController.save_to_dir), \
         changed("TuneController.save_to_dir saving the searcher at each snapshot", "StudyMux.before_save")
+
+
+def test_without_num_to_keep_a_trial_s_checkpoints_force_no_snapshot_and_callbacks_hear_of_each():
+    import inspect
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    assert "if not self._sync_every_n_trial_checkpoints" in \
+        inspect.getsource(_ExperimentCheckpointManager.on_trial_checkpoint), \
+        changed("forced snapshots after num_to_keep checkpoints of a trial", "CheckpointJanitor (num_to_keep=None)")
+    assert list(inspect.signature(tune.Callback.on_checkpoint).parameters)[1:5] == \
+        ["iteration", "trials", "trial", "checkpoint"], changed("Callback.on_checkpoint", "CheckpointJanitor")

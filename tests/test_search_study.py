@@ -22,8 +22,8 @@ from search.finalize import StudyResult, exported_config, markdown_table, paramf
 from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
 from search.study import largest_config
-from search.tune_ext import (STUDY_KEY, CalibratedStudy, DurableOptunaSearch, ResumableASHA, counted_trials,
-                             delete_stale_checkpoints, end_finished_trials, read_state)
+from search.tune_ext import (STUDY_KEY, CalibratedStudy, CheckpointJanitor, DurableOptunaSearch, ResumableASHA,
+                             counted_trials, delete_stale_checkpoints, end_finished_trials, read_state)
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
 
@@ -414,3 +414,15 @@ def test_the_snapshot_period_grows_with_the_search_to_bound_its_writes():
     assert snapshot_period(1) == 1  # a small search snapshots every second
     assert snapshot_period(100) == round(100 * STATE_BYTES_PER_TRIAL / SNAPSHOT_BYTES_PER_S) == 28
     assert snapshot_period(1200) == MAX_SNAPSHOT_PERIOD_S == 300  # 336 s by the rate: capped at 5 minutes
+
+
+def test_the_janitor_keeps_a_running_trial_s_newest_checkpoints(tmp_path):
+    for index in range(4):
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    trial = SimpleNamespace(trial_id="t", storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(),
+                                                                  trial_fs_path=str(tmp_path)))
+    CheckpointJanitor(2).on_checkpoint(0, [], trial, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002", "checkpoint_000003", "metrics.jsonl"]
+    CheckpointJanitor(2).on_trial_complete(0, [], trial)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
