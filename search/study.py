@@ -236,6 +236,7 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
     push_journal = journal_pusher(settings, store)
     mux = StudyMux(searchers, {plan.name: settings.trials for plan in plans}, settings.policy, METRIC, MODE,
                    before_save=push_journal)
+    quiet_result_grid()
     if restoring:
         tuner = restored_tuner(plans, path, trainable, mux, retry_failed)
     else:
@@ -252,7 +253,6 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
                                  checkpoint_config=CheckpointConfig(num_to_keep=None),  # the janitor keeps them
                                  failure_config=FailureConfig(max_failures=settings.max_failures),
                                  callbacks=callbacks, verbose=verbose))
-    quiet_result_grid()
     try:
         tuner.fit()
     finally:
@@ -305,7 +305,8 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
     if amended:
         logger.info("trials %s had ended after Tune's last snapshot", amended)
     delete_stale_checkpoints(fs, root)
-    reopen_search(fs, root)
+    resumed = {t["trial_id"] for t in read_state(fs, root) or [] if t["status"] not in ("TERMINATED", "ERROR")}
+    reopen_search(fs, root, resumed)
     tuner = Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=retry_failed)
     if retry_failed:
         failed = {tid for tid, status in ended.items() if status == "ERROR"}

@@ -591,10 +591,13 @@ def replace_searcher(tuner: Any, searcher: Searcher) -> None:
     tuner._local_tuner._tune_config.search_alg = searcher
 
 
-def reopen_search(fs: pyarrow.fs.FileSystem, experiment: str) -> bool:
-    """Let a restored experiment ask for trials again after its searcher had said it was finished.
+def reopen_search(fs: pyarrow.fs.FileSystem, experiment: str, resumed: set[str] | None = None) -> bool:
+    """Let a restored experiment ask for trials again; returns whether its saved search generator changed.
 
-    Tune saves that its search generator is finished; a budget raised on resume needs it open again.
+    Tune saves that its search generator is finished, and which trials its concurrency limiter counts as live:
+    a budget raised on resume needs it open again, and a trial Tune will not resume (it ended after the
+    snapshot, `end_finished_trials`) must leave the live ones, or its slot would never be freed (with every
+    slot so held, the resumed search would wait for ever). `resumed`: the trials Tune will resume.
     """
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
@@ -606,8 +609,13 @@ def reopen_search(fs: pyarrow.fs.FileSystem, experiment: str) -> bool:
     import ray.cloudpickle as cloudpickle  # the format Tune saves its search generator state in
     with fs.open_input_stream(states[-1]) as f:
         state = cloudpickle.loads(f.readall())
-    if not state.get("finished"):
+    limiter = state.get("name:ConcurrencyLimiter")
+    stale = set() if limiter is None or resumed is None else set(limiter["live_trials"]) - resumed
+    if not state.get("finished") and not stale:
         return False
     state["finished"] = False
+    if stale:
+        limiter["live_trials"] = set(limiter["live_trials"]) - stale
+        limiter["num_unfinished_live_trials"] = len(limiter["live_trials"])
     write_atomically(fs, states[-1], cloudpickle.dumps(state))
     return True

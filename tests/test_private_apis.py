@@ -81,7 +81,7 @@ def experiment(tmp_path_factory):
     ray.shutdown()  # a Ray left by an earlier test would be joined instead of started
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-        search_alg=OptunaSearch(space=SPACE, metric="m", mode="max"), num_samples=2),
+        search_alg=OptunaSearch(space=SPACE, metric="m", mode="max"), num_samples=2, max_concurrent_trials=2),
         run_config=tune.RunConfig(name="exp", storage_path=str(root), verbose=0))
     tuner.fit()
     yield str(root / "exp"), trainable
@@ -122,6 +122,17 @@ def test_the_search_generator_state_records_whether_it_finished(experiment):
     with open(states[-1], "rb") as f:
         reopened = cloudpickle.load(f)
     assert reopened["finished"] is False and reopened.keys() == state.keys()
+    limiter = reopened.get("name:ConcurrencyLimiter")
+    assert limiter is not None and "live_trials" in limiter and "num_unfinished_live_trials" in limiter, \
+        changed("the concurrency limiter's saved live trials", "reopen_search")
+    limiter["live_trials"] = {"ended", "running"}  # as saved by a snapshot taken while both ran
+    limiter["num_unfinished_live_trials"] = 2
+    with open(states[-1], "wb") as f:
+        cloudpickle.dump(reopened, f)
+    assert reopen_search(fs, folder, resumed={"running"})  # "ended" ended after the snapshot
+    with open(states[-1], "rb") as f:
+        trimmed = cloudpickle.load(f)["name:ConcurrencyLimiter"]
+    assert trimmed["live_trials"] == {"running"} and trimmed["num_unfinished_live_trials"] == 1
 
 
 def test_a_restored_tuner_takes_its_searcher_from_the_local_tuner_config(experiment):
