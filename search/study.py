@@ -45,6 +45,7 @@ TUNE_ENVIRONMENT = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
 STATE_BYTES_PER_TRIAL = 28_000
 SNAPSHOT_BYTES_PER_S = 100_000  # what the snapshots may write, on average, once the search is full size
 MAX_SNAPSHOT_PERIOD_S = 300
+KEEP_CHECKPOINTS = 2  # per running trial (CheckpointJanitor): its newest, and the one before while one is saved
 
 
 def snapshot_period(trials: int) -> int:
@@ -55,7 +56,6 @@ def snapshot_period(trials: int) -> int:
     trials' own newest checkpoints are kept, so what is lost is the trials started after it (run again).
     """
     return int(min(MAX_SNAPSHOT_PERIOD_S, max(1, round(trials * STATE_BYTES_PER_TRIAL / SNAPSHOT_BYTES_PER_S))))
-KEEP_CHECKPOINTS = 2  # per running trial (CheckpointJanitor): its newest, and the one before while one is saved
 
 
 def journal_path(store: Store) -> str:
@@ -241,8 +241,8 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
         tuner = restored_tuner(plans, path, trainable, mux, retry_failed)
     else:
         scheduler = StudyASHA(settings.early_stopping, time_attr="training_iteration", metric=METRIC, mode=MODE,
-                              max_t=settings.epochs,
-                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+                              max_t=settings.epochs, grace_period=settings.grace_period,
+                              reduction_factor=settings.reduction_factor)
         callbacks = [CheckpointJanitor(KEEP_CHECKPOINTS)]
         tuner = Tuner(
             trainable,
