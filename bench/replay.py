@@ -89,7 +89,8 @@ def replay_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, Any]
     trial_log = TrialLog(first, "cpu")
     log("begin", trial=tune.get_context().get_trial_id(), study=setup.study, epoch=first, redone=trial_log.redone)
     try:
-        replay_epochs(first, n_epochs, setup, (mrr, recall, loss, seconds * scale, diverged), trial_log)
+        if not trial_log.report_if_done(n_epochs):
+            replay_epochs(first, n_epochs, setup, (mrr, recall, loss, seconds * scale, diverged), trial_log)
     finally:
         trial_log.close()
 

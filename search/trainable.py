@@ -113,7 +113,8 @@ class TrialLog:
         now = time.perf_counter()
         spent = (self.history[-1]["time_total_s"] if self.history else 0.0) + now - self._clock
         self._clock = now
-        entry = {**entry, "training_iteration": entry["epoch"], "device": self.device, "time_total_s": spent}
+        entry = {**entry, "training_iteration": entry["epoch"], "device": self.device, "time_total_s": spent,
+                 "pid": os.getpid()}
         self.history.append(entry)
         write_atomically(self.fs, f"{self.folder}/{METRICS_FILE}",
                          "".join(json.dumps(r) + "\n" for r in self.history).encode())
@@ -123,6 +124,16 @@ class TrialLog:
         self._writer.flush()
         for name in os.listdir(self._events.name):  # one small event file per run of the trial
             write_atomically(self.fs, f"{self.folder}/{name}", Path(self._events.name, name).read_bytes())
+
+    def report_if_done(self, n_epochs: int) -> bool:
+        """Report the last epoch again when the trial resumed from its last epoch's state (saved by a worker that
+        outlived a killed driver, after Tune's snapshot), so that Tune and the searcher hear how it ended."""
+        if not self.history or self.history[-1]["epoch"] < n_epochs:
+            return False
+        last = self.history[-1]
+        tune.report({k: v for k, v in last.items() if k not in ("training_iteration", "time_total_s",
+                                                                  "checkpoint_bytes", "pid")})
+        return True
 
     def close(self) -> None:
         self._writer.close()
@@ -185,7 +196,8 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
             tune.report({**result, "device": device}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
-        trainer.fit(config.n_epochs, callback=report, valid=valid, cutoffs=(20,), mode=TIE_MODE)
+        if not log.report_if_done(config.n_epochs):
+            trainer.fit(config.n_epochs, callback=report, valid=valid, cutoffs=(20,), mode=TIE_MODE)
     except TrainingError:
         # A diverged config is a bad config, not a broken worker: score it 0 so TPE learns to avoid it.
         result = {METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch + 1, "diverged": 1}

@@ -223,10 +223,10 @@ def rayjob_entrypoint() -> tuple[str, dict]:
 
 
 def trial_pids(experiment: Path) -> dict[str, set[int]]:
-    """The pid of the actor that ran each reported epoch, per trial, from the trials' result files."""
+    """The pid of the actor that ran each reported epoch, per trial, from the trials' metrics files."""
     pids = {}
     for trial in sorted(experiment.glob("trial_*")):
-        lines = (trial / "result.json").read_text().splitlines()
+        lines = (trial / "metrics.jsonl").read_text().splitlines()
         pids[trial.name] = {json.loads(line)["pid"] for line in lines if line.strip()}
     return pids
 
