@@ -347,10 +347,17 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
-        if trial.has_reported_at_least_once:  # only restored trials have results when they are added
-            storage = trial.storage
-            for result in read_results(storage.storage_filesystem, f"{storage.trial_fs_path}/{METRICS_FILE}"):
-                self.on_trial_result(tune_controller, trial, result)
+        for result in restored_results(trial):
+            self.on_trial_result(tune_controller, trial, result)
+
+
+def restored_results(trial: Any) -> list[dict[str, Any]]:
+    """The results a trial reported before a resume (from its metrics file); none for a new trial (only restored
+    trials have results when Tune adds them)."""
+    if not trial.has_reported_at_least_once:
+        return []
+    storage = trial.storage
+    return read_results(storage.storage_filesystem, f"{storage.trial_fs_path}/{METRICS_FILE}")
 
 
 class CalibratedStudy(FIFOScheduler):
@@ -367,10 +374,8 @@ class CalibratedStudy(FIFOScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
-        if trial.has_reported_at_least_once:
-            storage = trial.storage
-            for result in read_results(storage.storage_filesystem, f"{storage.trial_fs_path}/{METRICS_FILE}"):
-                self.rungs.record(trial.trial_id, result[TRAINING_ITERATION], result[self._metric])
+        for result in restored_results(trial):
+            self.rungs.record(trial.trial_id, result[TRAINING_ITERATION], result[self._metric])
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         value = result.get(self._metric)
@@ -528,6 +533,11 @@ def _session_files(fs: pyarrow.fs.FileSystem, experiment: str, prefix: str, suff
                   and e.base_name.endswith(suffix))
 
 
+def _session(state_file: str) -> str:
+    """The session an experiment_state-<session>.json belongs to (its searcher and generator states share it)."""
+    return os.path.basename(state_file)[len("experiment_state-"):-len(".json")]
+
+
 SET_ASIDE = "set-aside"
 
 
@@ -543,7 +553,7 @@ def set_aside_restarts(fs: pyarrow.fs.FileSystem, experiment: str) -> list[str]:
         newest, before = (_trial_ids(fs, path) for path in states[-2:][::-1])
         if before <= newest:
             break
-        session = os.path.basename(states[-1])[len("experiment_state-"):-len(".json")]
+        session = _session(states[-1])
         fs.create_dir(f"{experiment}/{SET_ASIDE}", recursive=True)
         for entry in fs.get_file_info(pyarrow.fs.FileSelector(experiment)):
             if entry.type == pyarrow.fs.FileType.File and session in entry.base_name:
@@ -562,7 +572,7 @@ def drop_older_sessions(fs: pyarrow.fs.FileSystem, experiment: str) -> int:
     newest = latest_state_file(fs, experiment)
     if newest is None:
         return 0
-    session = os.path.basename(newest)[len("experiment_state-"):-len(".json")]
+    session = _session(newest)
     older = [path for prefix, suffix in STATE_FILES for path in _session_files(fs, experiment, prefix, suffix)
              if session not in os.path.basename(path)]
     for path in older:
@@ -600,10 +610,9 @@ def reopen_search(fs: pyarrow.fs.FileSystem, experiment: str, resumed: set[str] 
     slot so held, the resumed search would wait for ever). `resumed`: the trials Tune will resume.
     """
     try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+        states = _session_files(fs, experiment, "search_gen_state-", ".json")
     except OSError:
         return False
-    states = sorted(e.path for e in entries if e.base_name.startswith("search_gen_state-"))
     if not states:
         return False
     import ray.cloudpickle as cloudpickle  # the format Tune saves its search generator state in
