@@ -4,8 +4,8 @@ Early stopping is only as good as the early ranking: where the MRR@20 after a ru
 their final MRR@20 does, trials can be cut there; where it does not, cutting there loses the best configs.
 The trials that ran to the end are the evidence, but ASHA chose them by their rung values: the sample is
 range-restricted, which shrinks a correlation measured in it. Thorndike's case II correction undoes that,
-given the spread of the rung values of every trial that reached the rung against those that went on
-(on a simulated top third of 600 trials: rho 0.44 measured, 0.68 corrected, 0.69 in truth).
+given the spread of the rung values of every trial that reached the rung against those that went on (the top
+third of 3,000 simulated trials, tests/test_calibration.py: rho 0.44 measured, 0.685 corrected, 0.686 in truth).
 """
 from __future__ import annotations
 

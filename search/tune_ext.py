@@ -431,17 +431,15 @@ def delete_checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_path: str, trial_id:
         logger.warning("cannot delete the checkpoints of trial %s: %s", trial_id, e)
 
 
-def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str) -> None:
-    """Before a resume: delete the checkpoints no restored trial can use.
+def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str, trials: list[dict[str, Any]]) -> None:
+    """Before a resume: delete the checkpoints no restored trial can use; `trials` as `read_state` gives them,
+    with the statuses `end_finished_trials` set.
 
     Those are of trials Tune's saved state has as ended (a driver killed after a trial's end reached the
     Optuna study but before `CheckpointJanitor` ran; once `end_finished_trials` has marked it ended, no
     callback would), and of trial folders the state does not know at all (trials started after Tune's last
     snapshot: they are never resumed, and their Optuna trials are failed as lost).
     """
-    trials = read_state(fs, experiment)
-    if trials is None:
-        return
     resumed = {trial["dir"] for trial in trials if trial["status"] not in ("TERMINATED", "ERROR")}
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))

@@ -323,7 +323,7 @@ def test_trials_ended_or_started_after_the_last_snapshot_lose_their_checkpoints_
         (tmp_path / f"trial_{tid}" / "metrics.jsonl").write_text("{}\n")
     fs = pyarrow.fs.LocalFileSystem()
     assert end_finished_trials(fs, str(tmp_path), {"b": "TERMINATED", "c": "TERMINATED"}) == ["b"]
-    delete_stale_checkpoints(fs, str(tmp_path))
+    delete_stale_checkpoints(fs, str(tmp_path), read_state(fs, str(tmp_path)))
     assert {t["trial_id"]: t["status"] for t in read_state(fs, str(tmp_path))} == {**statuses, "b": "TERMINATED"}
     left = {p.name: sorted(q.name for q in p.glob("checkpoint_*")) for p in tmp_path.glob("trial_*")}
     assert left == {"trial_a": ["checkpoint_000000", "checkpoint_000001"], "trial_b": [], "trial_c": [], "trial_d": []}
