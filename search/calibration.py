@@ -6,6 +6,10 @@ The trials that ran to the end are the evidence, but ASHA chose them by their ru
 range-restricted, which shrinks a correlation measured in it. Thorndike's case II correction undoes that,
 given the spread of the rung values of every trial that reached the rung against those that went on (the top
 third of 3,000 simulated trials, tests/test_calibration.py: rho 0.44 measured, 0.685 corrected, 0.686 in truth).
+
+Two rules use it: `CalibratedRungs` cuts a share of the trials that grows with the corrected rho, and
+`PredictedRungs` predicts each trial's final MRR@20 from its rung value (a regression, which the rung's selection
+does not bias) and stops the trials unlikely to beat the study's best.
 """
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ class RungReport:
     went_on: int  # of those that reached it, trials that ran to the end
     rho: float | None  # corrected for the selection; None until MIN_FINISHED trials ended
     keep: float  # fraction of the trials reaching the rung that go on
+    fit: "Prediction | None" = None  # the prediction of the final value (PredictedRungs)
 
 
 @dataclass
@@ -142,9 +147,94 @@ class CalibratedRungs:
                            self.keep(epoch)) for epoch in self.rungs]
 
 
-def from_histories(histories: dict[str, list[float]], n_epochs: int, rungs: list[int], eta: float) -> CalibratedRungs:
+Z_KEEP = 1.64  # a trial goes on while its predicted final MRR@20 is within this many standard errors of the best
+
+
+@dataclass
+class Prediction:
+    """The fit of the final MRR@20 on a rung's MRR@20: final = intercept + slope * value, residual sd."""
+
+    n: int
+    intercept: float
+    slope: float
+    sd: float
+    mean: float  # of the rung values fitted
+    spread: float  # their sum of squared deviations
+
+    def upper(self, value: float, z: float) -> float:
+        """The final MRR@20 a trial with this rung value reaches with probability ~ 1 - Phi(z) (prediction
+        interval, with the fit's own uncertainty, which grows away from the fitted values)."""
+        leverage = 1 / self.n + (value - self.mean) ** 2 / self.spread
+        return self.intercept + self.slope * value + z * self.sd * math.sqrt(1 + leverage)
+
+
+@dataclass
+class PredictedRungs(CalibratedRungs):
+    """Early stopping that predicts each trial's final MRR@20 from its rung value and stops it when it is
+    unlikely to beat the study's best final so far.
+
+    The prediction is the least-squares line of the final value on the rung value over the study's trials that
+    ran to the end. The rung has selected those trials on their rung values only, and a regression of y on x
+    stays unbiased under selection on x (unlike a correlation), so no correction is needed. A trial goes on when
+    the upper end of its prediction interval (Z_KEEP standard errors) reaches the best final so far: a rung that
+    predicts well (small residuals) cuts hard, one that predicts badly cuts little, and a rung whose values do
+    not rise with the final ones (slope <= 0) cuts nothing. Until MIN_FINISHED trials have ended, a rung keeps
+    1/sqrt(eta) of its trials, as CalibratedRungs does before it has measured the rung.
+    """
+
+    def predictor(self, epoch: int) -> Prediction | None:
+        """The rung's fit, once MIN_FINISHED trials that reached it have ended with spread on both sides."""
+        at_rung, final = self.values.get(epoch, {}), self.values.get(self.n_epochs, {})
+        ended = [t for t in final if t in at_rung]
+        if len(ended) < MIN_FINISHED:
+            return None
+        x = np.array([at_rung[t] for t in ended])
+        y = np.array([final[t] for t in ended])
+        spread = float(((x - x.mean()) ** 2).sum())
+        if spread == 0:
+            return None
+        slope = float(((x - x.mean()) * (y - y.mean())).sum() / spread)
+        intercept = float(y.mean() - slope * x.mean())
+        residuals = y - intercept - slope * x
+        sd = float(math.sqrt((residuals ** 2).sum() / (len(x) - 2)))
+        return Prediction(len(x), intercept, slope, sd, float(x.mean()), spread)
+
+    def decide(self, trial: str, epoch: int, value: float) -> bool:
+        self.record(trial, epoch, value)
+        if epoch not in self.rungs:
+            return True
+        fit = self.predictor(epoch)
+        if fit is None:
+            return super().decide(trial, epoch, value)
+        if fit.slope <= 0:
+            return True
+        return fit.upper(value, Z_KEEP) >= max(self.values[self.n_epochs].values())
+
+    def keep(self, epoch: int) -> float:
+        """The fraction of the trials recorded at the rung that its rule lets through now."""
+        fit = self.predictor(epoch)
+        if fit is None:
+            return super().keep(epoch)
+        recorded = list(self.values.get(epoch, {}).values())
+        if fit.slope <= 0 or not recorded:
+            return 1.0
+        best = max(self.values[self.n_epochs].values())
+        return sum(fit.upper(v, Z_KEEP) >= best for v in recorded) / len(recorded)
+
+    def report(self) -> list[RungReport]:
+        reports = super().report()
+        for r in reports:
+            r.fit = self.predictor(r.epoch)
+        return reports
+
+
+RUNG_RULES = {"calibrated": CalibratedRungs, "predicted": PredictedRungs}  # the early stopping kinds but "asha"
+
+
+def from_histories(histories: dict[str, list[float]], n_epochs: int, rungs: list[int], eta: float,
+                   kind: type[CalibratedRungs] = CalibratedRungs) -> CalibratedRungs:
     """The decisions' state from the trials' MRR@20 per epoch (for a resume, and for `status`)."""
-    study = CalibratedRungs(n_epochs, rungs, eta)
+    study = kind(n_epochs, rungs, eta)
     for trial, values in histories.items():
         for epoch, value in enumerate(values, start=1):
             study.record(trial, epoch, value)
@@ -154,5 +244,7 @@ def from_histories(histories: dict[str, list[float]], n_epochs: int, rungs: list
 def describe(report: list[RungReport]) -> str:
     """One line: at each rung, what it measured and how many it lets through."""
     parts = [f"epoch {r.epoch}: {r.reached} reached, {r.went_on} ran to the end, rho "
-             f"{'not measured yet' if r.rho is None else f'{r.rho:.2f}'}, keeps {100 * r.keep:.0f}%" for r in report]
+             f"{'not measured yet' if r.rho is None else f'{r.rho:.2f}'}"
+             + ("" if r.fit is None else f", final = {r.fit.intercept:.4f} + {r.fit.slope:.2f} x value "
+                f"(sd {r.fit.sd:.4f})") + f", keeps {100 * r.keep:.0f}%" for r in report]
     return "; ".join(parts)

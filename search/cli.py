@@ -16,7 +16,7 @@ import ray
 
 from gru4rec import ConfigError, DataError
 
-from .calibration import describe, from_histories
+from .calibration import RUNG_RULES, describe, from_histories
 from .cluster import MAX_TRIALS_PER_GPU, Resources, connect_ray, plan_resources
 from .finalize import correlation_notes, export, finalize
 from .ledger import Outcome, best, rung_correlations, rung_epochs
@@ -265,11 +265,11 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{t[Outcome.DIVERGED]:>9} {t[Outcome.FAILED]:>7} {score:>12}  {config} {done}".rstrip())
         notes += correlation_notes(plan.name, rung_correlations(p.records, settings.epochs, settings.grace_period,
                                                                 settings.reduction_factor))
-        if settings.early_stopping == "calibrated":
+        if settings.early_stopping in RUNG_RULES:
             decisions = from_histories({r.trial_id: r.mrr for r in p.records}, settings.epochs,
                                        rung_epochs(settings.epochs, settings.grace_period, settings.reduction_factor),
-                                       settings.reduction_factor)
-            notes.append(f"- {plan.name}: calibrated early stopping: {describe(decisions.report())}")
+                                       settings.reduction_factor, RUNG_RULES[settings.early_stopping])
+            notes.append(f"- {plan.name}: {settings.early_stopping} early stopping: {describe(decisions.report())}")
     bound = f"{settings.disk_bound / 2**20:,.1f} MB" if settings.disk_bound else "unknown"
     print(f"disk: {EXPERIMENT}/ holds {store.size(EXPERIMENT) / 2**20:,.1f} MB; its checkpoints stay below {bound}")
     print(f"written: {written / 2**20:,.1f} MB of training states so far (a trial saves its state after epochs "
@@ -350,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--early-stopping", choices=EARLY_STOPPING, default="asha",
                      help="asha: each rung keeps the top 1/r; calibrated: each rung keeps between all and the top 1/r "
                           "of the trials, as its rank correlation with the last epoch, measured on the study's own "
-                          "trials, allows (default: asha)")
+                          "trials, allows; predicted: a rung stops a trial when its final MRR@20, predicted from its "
+                          "rung value by a fit on the study's trials that ran to the end, is unlikely to beat the "
+                          "study's best (default: asha)")
     run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="K",
                      help="a trial saves its training state at ASHA's rungs, at its last epoch, and so that at most K "
                           f"epochs pass between two saves (0: rungs and last epoch only; default {CHECKPOINT_EVERY})")

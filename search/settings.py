@@ -38,7 +38,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_STORAGE = "~/gru4rec-search"
 FINGERPRINT_BYTES = 1 << 20
 POLICIES = ("shared", "sequential")
-EARLY_STOPPING = ("asha", "calibrated")
+EARLY_STOPPING = ("asha", "calibrated", "predicted")
 # Epochs between saved training states beyond ASHA's rungs and the last epoch: at 10 epochs with the default
 # rungs (1, 3, 9) it adds none, so a trial writes 4 states instead of 10, and a kill costs at most 5 epochs.
 CHECKPOINT_EVERY = 6
@@ -106,7 +106,7 @@ class SearchSettings:
     max_concurrent: int | None = None  # None: as many trials as the cluster's resources fit (resolved at `run`)
     grace_period: int = 1
     reduction_factor: float = 3.0
-    early_stopping: str = "asha"  # or "calibrated": each rung cuts as hard as its measured ranking allows
+    early_stopping: str = "asha"  # "calibrated", "predicted": rungs that learn how hard to cut (calibration.py)
     checkpoint_every: int = CHECKPOINT_EVERY  # at most this many epochs between two saved training states
     cuda_graphs: bool = True  # False: trials and retrains on CUDA run their steps eagerly (--no-cuda-graphs)
     max_failures: int = 2

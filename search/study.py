@@ -28,10 +28,10 @@ from .ledger import METRICS_FILE, Outcome, TrialRecord, counts, read_results, re
 from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Store
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
-from .tune_ext import (FINISHED, SET_ASIDE, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
+from .tune_ext import (EPOCH, FINISHED, SET_ASIDE, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
                        delete_stale_checkpoints, drop_older_sessions, end_finished_trials, newest_searcher_state,
                        optuna_outcomes, quiet_result_grid, read_state, reopen_search, replace_searcher,
-                       set_aside_restarts, trial_dirname)
+                       set_aside_restarts, stand_in_checkpoints, trial_dirname)
 
 logger = logging.getLogger(__name__)
 
@@ -235,12 +235,12 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
                  for index, plan in enumerate(plans)}
     push_journal = journal_pusher(settings, store)
     mux = StudyMux(searchers, {plan.name: settings.trials for plan in plans}, settings.policy, METRIC, MODE,
-                   before_save=push_journal)
+                   persist=push_journal)
     quiet_result_grid()
     if restoring:
         tuner = restored_tuner(plans, path, trainable, mux, retry_failed)
     else:
-        scheduler = StudyASHA(settings.early_stopping, time_attr="training_iteration", metric=METRIC, mode=MODE,
+        scheduler = StudyASHA(settings.early_stopping, time_attr=EPOCH, metric=METRIC, mode=MODE,
                               max_t=settings.epochs, grace_period=settings.grace_period,
                               reduction_factor=settings.reduction_factor)
         callbacks = [CheckpointJanitor(KEEP_CHECKPOINTS)]
@@ -308,6 +308,9 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
         logger.info("trials %s had ended after Tune's last snapshot", sorted(amended))
     trials = [{**t, "status": ended[t["trial_id"]]} if t["trial_id"] in amended else t for t in trials]
     delete_stale_checkpoints(fs, root, trials)
+    for gone in stand_in_checkpoints(fs, [t for t in trials if t["status"] not in ("TERMINATED", "ERROR")]):
+        print(f"the checkpoint {gone} that Tune's last snapshot names was deleted since; its trial resumes from the "
+              "newest in its folder", flush=True)
     reopen_search(fs, root, {t["trial_id"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")})
     tuner = Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=retry_failed)
     if retry_failed:

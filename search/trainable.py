@@ -141,16 +141,18 @@ class TrialLog:
 
 
 def resume_candidates() -> list[tune.Checkpoint]:
-    """The checkpoints a trial may resume from, newest first: one in the trial's folder newer than Tune's (a driver
-    killed after the trial saved it, before Tune's next snapshot), then Tune's own. Without the first, such a
-    trial would train again the epochs it had already saved, from its first one if Tune knew no checkpoint."""
+    """The checkpoints a trial may resume from, newest first: those in the trial's folder, then Tune's if it is not
+    among them. The folder's newest may be newer than Tune's (a driver killed after the trial saved it, before
+    Tune's next snapshot), and Tune's may be a stand-in for one deleted since (`stand_in_checkpoints`); a
+    checkpoint that cannot be loaded (a save cut short) gives way to the one before."""
     known = tune.get_checkpoint()
     fs, folder = trial_storage()
-    saved = sorted(e.path for e in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
-                   if e.type == pyarrow.fs.FileType.Directory and e.base_name.startswith("checkpoint_"))
-    found = [known] if known is not None else []
-    if saved and (known is None or os.path.basename(known.path.rstrip("/")) < os.path.basename(saved[-1])):
-        found.insert(0, tune.Checkpoint(saved[-1], filesystem=fs))
+    saved = sorted((e.path for e in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+                    if e.type == pyarrow.fs.FileType.Directory and e.base_name.startswith("checkpoint_")),
+                   reverse=True)
+    found = [tune.Checkpoint(path, filesystem=fs) for path in saved]
+    if known is not None and known.path.rstrip("/") not in saved:
+        found.append(known)
     return found
 
 

@@ -28,13 +28,15 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .calibration import CalibratedRungs
+from .calibration import RUNG_RULES, CalibratedRungs
 from .ledger import METRICS_FILE, Outcome, classify, read_results, rung_epochs
 from .settings import SearchError, write_atomically
 
 logger = logging.getLogger(__name__)
 
 STUDY_KEY = "study"  # the trial config's entry that names its study
+EPOCH = "epoch"  # what a trial reports after each epoch, the schedulers' time (Tune's iteration count restarts
+# from its snapshot's checkpoint when a trial resumes from a newer one)
 TUNE_TRIAL_ATTR = "tune_trial_id"
 EXPERIMENT_ATTR = "experiment"
 LOST_ATTR = "lost"
@@ -96,10 +98,11 @@ class DurableOptunaSearch(OptunaSearch):
         """
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self._metric)
-        if not error and value is not None and TRAINING_ITERATION in result:
+        step = (result or {}).get(EPOCH, (result or {}).get(TRAINING_ITERATION))
+        if not error and value is not None and step is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ot_trial.report(value, result[TRAINING_ITERATION])
+                ot_trial.report(value, step)
         outcome = classify("ERROR" if error else "TERMINATED", [result] if result else [], self._n_epochs)
         if outcome == Outcome.COMPLETE:
             self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
@@ -222,16 +225,18 @@ class StudyMux(Searcher):
     slots to the others), with "sequential" the first one (studies run one after another, but the next
     one starts as soon as the previous one has no trial left to start, so no slot waits for its tail).
     Results and ends go to the trial's study. Budgets and policy come from the settings, not from the
-    saved state, so that a resume may raise the budget. `before_save` runs before each save, which Tune makes
-    at every snapshot of the experiment, before it uploads the snapshot: what it writes is in the storage
-    before the snapshot that refers to it.
+    saved state, so that a resume may raise the budget. `persist` makes what the studies recorded durable:
+    it runs before each save, which Tune makes at every snapshot of the experiment before it uploads it (what it
+    writes is in the storage before the snapshot that refers to it), and after each trial's end, which Tune tells
+    the searcher before its callbacks (`CheckpointJanitor` deletes the ended trial's checkpoints only once its
+    end is stored).
     """
 
     def __init__(self, searchers: dict[str, DurableOptunaSearch], budgets: dict[str, int], policy: str,
-                 metric: str, mode: str, before_save: Callable[[], None] | None = None):
+                 metric: str, mode: str, persist: Callable[[], None] | None = None):
         super().__init__(metric=metric, mode=mode)
         self.searchers, self.budgets, self.policy = searchers, budgets, policy
-        self.before_save = before_save
+        self.persist = persist
         self.tune_trials: set[str] | None = None  # on resume, the trials of Tune's restored state
         self.study_of: dict[str, str] = {}
         self.running: dict[str, set[str]] = {name: set() for name in searchers}
@@ -267,10 +272,12 @@ class StudyMux(Searcher):
         if study is not None:
             self.searchers[study].on_trial_complete(trial_id, result, error)
             self.running[study].discard(trial_id)
+            if self.persist is not None:
+                self.persist()
 
     def save(self, checkpoint_path: str) -> None:
-        if self.before_save is not None:
-            self.before_save()
+        if self.persist is not None:
+            self.persist()
         state = {"study_of": self.study_of, "running": self.running,
                  "searchers": {name: dict(s.__dict__) for name, s in self.searchers.items()}}
         with open(checkpoint_path, "wb") as f:
@@ -304,7 +311,8 @@ class StudyMux(Searcher):
 class StudyASHA(FIFOScheduler):
     """One early stopping per study: a trial is compared only with trials of its own study (their MRR scales
     differ). `early_stopping` "asha" is Tune's ASHA; "calibrated" cuts at the same rungs as hard as each rung's
-    measured ranking allows (search/calibration.py)."""
+    measured ranking allows, "predicted" stops a trial whose final value, predicted from its rung value, is
+    unlikely to beat the study's best (search/calibration.py)."""
 
     def __init__(self, early_stopping: str = "asha", **asha: Any):
         super().__init__()
@@ -315,8 +323,9 @@ class StudyASHA(FIFOScheduler):
     def _asha(self, trial: Any) -> "ResumableASHA | CalibratedStudy":
         study = trial.config.get(STUDY_KEY, "")
         if study not in self._per_study:
-            kind = CalibratedStudy if getattr(self, "_early_stopping", "asha") == "calibrated" else ResumableASHA
-            self._per_study[study] = kind(**self._asha_options)
+            kind = getattr(self, "_early_stopping", "asha")
+            self._per_study[study] = ResumableASHA(**self._asha_options) if kind == "asha" else \
+                CalibratedStudy(RUNG_RULES[kind], **self._asha_options)
         return self._per_study[study]
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -361,27 +370,29 @@ def restored_results(trial: Any) -> list[dict[str, Any]]:
 
 
 class CalibratedStudy(FIFOScheduler):
-    """One study's calibrated early stopping as a Tune scheduler; its state is refilled from the restored trials'
-    results on resume, like ResumableASHA's rungs."""
+    """One study's self-calibrating early stopping (`rule`: CalibratedRungs or PredictedRungs) as a Tune
+    scheduler; its state is refilled from the restored trials' results on resume, like ResumableASHA's rungs."""
 
-    def __init__(self, time_attr: str, metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: float):
+    def __init__(self, rule: type[CalibratedRungs], time_attr: str, metric: str, mode: str, max_t: int,
+                 grace_period: int, reduction_factor: float):
         super().__init__()
-        if time_attr != TRAINING_ITERATION or mode != "max":
-            raise ValueError("calibrated early stopping counts training iterations of a metric to maximise")
-        self._metric = metric
-        self.rungs = CalibratedRungs(max_t, rung_epochs(max_t, grace_period, reduction_factor), reduction_factor)
+        if time_attr not in (EPOCH, TRAINING_ITERATION) or mode != "max":
+            raise ValueError("calibrated early stopping counts epochs of a metric to maximise")
+        self._metric, self._time_attr = metric, time_attr
+        self.rungs = rule(max_t, rung_epochs(max_t, grace_period, reduction_factor), reduction_factor)
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         for result in restored_results(trial):
-            self.rungs.record(trial.trial_id, result[TRAINING_ITERATION], result[self._metric])
+            self.rungs.record(trial.trial_id, result[getattr(self, "_time_attr", TRAINING_ITERATION)],
+                              result[self._metric])
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         value = result.get(self._metric)
-        if value is None or TRAINING_ITERATION not in result:
+        epoch = result.get(getattr(self, "_time_attr", TRAINING_ITERATION))
+        if value is None or epoch is None:
             return self.CONTINUE
-        go_on = self.rungs.decide(trial.trial_id, result[TRAINING_ITERATION], float(value))
+        go_on = self.rungs.decide(trial.trial_id, epoch, float(value))
         return self.CONTINUE if go_on else self.STOP
 
 
@@ -488,7 +499,41 @@ def read_state(fs: pyarrow.fs.FileSystem, experiment: str) -> list[dict[str, Any
         trials.append({"trial_id": trial["trial_id"], "status": trial["status"], "config": trial["config"],
                        "dir": trial.get("relative_logdir") or f"trial_{trial['trial_id']}",
                        "last_result": runtime.get("last_result") or {}})
+        if trial["status"] not in ("TERMINATED", "ERROR"):
+            trials[-1]["checkpoint"] = named_checkpoint(runtime_json)
     return trials
+
+
+def named_checkpoint(runtime_json: str) -> str | None:
+    """The path of the checkpoint a trial's saved runtime state would resume it from (Tune pickles its checkpoint
+    manager into that JSON)."""
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+    manager = _loads_with_cloudpickle(runtime_json).get("checkpoint_manager")
+    latest = manager.latest_checkpoint_result if manager is not None else None
+    return latest.checkpoint.path.rstrip("/") if latest is not None else None
+
+
+STAND_IN = "STAND_IN"
+
+
+def stand_in_checkpoints(fs: pyarrow.fs.FileSystem, trials: list[dict[str, Any]]) -> list[str]:
+    """Before a resume: a stand-in folder for each checkpoint Tune's snapshot names that is gone; returns them.
+
+    `CheckpointJanitor` keeps a running trial's newest checkpoints only, so the one Tune's last snapshot
+    names may have been deleted since (Tune's own `num_to_keep` forces a snapshot instead). Tune refuses to
+    restore a trial from a checkpoint that does not exist; the stand-in lets it, and the trial resumes from
+    the newest checkpoint in its folder (`resume_candidates`), from scratch if there is none.
+    """
+    made = []
+    for trial in trials:
+        path = trial.get("checkpoint")
+        if path and fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            fs.create_dir(path)
+            with fs.open_output_stream(f"{path}/{STAND_IN}") as f:
+                f.write(f"stands in for a deleted checkpoint of trial {trial['trial_id']}; the trial resumes from "
+                        "the newest checkpoint in its folder\n".encode())
+            made.append(path)
+    return made
 
 
 def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[str, str]) -> list[str]:

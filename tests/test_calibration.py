@@ -6,7 +6,8 @@ import pytest
 
 from statistics import NormalDist
 
-from search.calibration import RHO_LOW, CalibratedRungs, corrected, rung_correlation, spearman
+from search.calibration import (RHO_LOW, CalibratedRungs, PredictedRungs, corrected, rung_correlation,
+                                spearman)
 
 
 def test_spearman_by_hand():
@@ -64,10 +65,10 @@ def test_a_value_that_never_reached_the_rung_is_an_error():
         rung_correlation([1, 2, 3], [1, 2, 5], [1, 2, 3])
 
 
-def run_study(curves: np.ndarray, rungs=(1, 3, 9)) -> tuple[CalibratedRungs, list[int]]:
+def run_study(curves: np.ndarray, rungs=(1, 3, 9), rule=CalibratedRungs) -> tuple[CalibratedRungs, list[int]]:
     """Trials one after another (trial i's MRR@20 after epoch e is curves[i, e - 1]), each stopped at the first
     rung that cuts it; returns the decisions' state and the epochs each trial ran."""
-    study = CalibratedRungs(n_epochs=curves.shape[1], rungs=list(rungs), eta=3)
+    study = rule(n_epochs=curves.shape[1], rungs=list(rungs), eta=3)
     ran = []
     for i, curve in enumerate(curves):
         epoch = 0
@@ -132,3 +133,45 @@ def test_replaying_the_results_after_a_restart_gives_the_same_decisions():
         for epoch in (1, 3, 9):
             assert again.decide(f"n{i}", epoch, float(curve[epoch - 1])) == \
                 study.decide(f"n{i}", epoch, float(curve[epoch - 1]))
+
+
+def test_the_prediction_is_the_least_squares_line_with_its_prediction_interval():
+    study = PredictedRungs(n_epochs=3, rungs=[1], eta=3)
+    first, final = [0.10, 0.12, 0.15, 0.20, 0.22], [0.30, 0.31, 0.36, 0.40, 0.41]
+    for i, (x, y) in enumerate(zip(first, final)):
+        study.record(f"t{i}", 1, x)
+        study.record(f"t{i}", 3, y)
+    fit = study.predictor(1)
+    slope, intercept = np.polyfit(first, final, 1)
+    residuals = np.array(final) - (intercept + slope * np.array(first))
+    sd = math.sqrt((residuals ** 2).sum() / 3)
+    assert (fit.slope, fit.intercept, fit.sd) == pytest.approx((slope, intercept, sd))
+    x = 0.05  # far below the fitted values: the interval widens with the distance
+    leverage = 1 / 5 + (x - np.mean(first)) ** 2 / ((np.array(first) - np.mean(first)) ** 2).sum()
+    assert fit.upper(x, 1.0) == pytest.approx(intercept + slope * x + sd * math.sqrt(1 + leverage))
+    # a trial goes on while its interval reaches the best final so far (0.41)
+    cut = (0.41 - intercept) / slope
+    assert not study.decide("low", 1, 0.15) and study.decide("high", 1, min(cut, 0.21))
+
+
+def test_prediction_cuts_a_landscape_that_ranks_perfectly_early_and_keeps_the_best():
+    curves = landscape(1.0)
+    study, ran = run_study(curves, rule=PredictedRungs)
+    later = ran[40:]
+    assert sum(e > 1 for e in later) / len(later) < 0.2  # harder than ASHA's third: the prediction is exact
+    assert ran[int(np.argmax(curves[:, -1]))] == 10
+
+
+def test_prediction_keeps_longer_where_the_first_epoch_ranks_inversely():
+    study, ran = run_study(landscape(-1.0), rule=PredictedRungs)
+    assert study.predictor(1).slope <= 0 and study.report()[0].keep == 1.0
+    assert all(e > 1 for e in ran[40:])  # the first epoch stops nobody
+    assert study.predictor(3).slope > 0  # epoch 3 ranks like the final one: the cut happens there
+
+
+def test_prediction_keeps_more_where_the_first_epoch_ranks_loosely():
+    tight, _ = run_study(landscape(1.0, seed=4), rule=PredictedRungs)
+    noisy = landscape(1.0, seed=4)
+    noisy[:, 0] += np.random.default_rng(5).normal(scale=0.03, size=len(noisy))
+    loose, ran = run_study(noisy, rule=PredictedRungs)
+    assert loose.report()[0].keep > tight.report()[0].keep

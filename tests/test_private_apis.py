@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tune_ext import (newest_searcher_state, read_state, reopen_search, replace_searcher, set_aside_restarts,
-                             trial_storage)
+from search.tune_ext import (named_checkpoint, newest_searcher_state, read_state, reopen_search, replace_searcher,
+                             set_aside_restarts, trial_storage)
 
 SPACE = {"x": FloatDistribution(0.0, 1.0)}
 
@@ -164,9 +164,9 @@ def test_a_snapshot_saves_the_searcher_before_it_uploads():
     from ray.tune.execution.tune_controller import TuneController
     snapshot = inspect.getsource(_ExperimentCheckpointManager.sync_up_experiment_state)
     assert 0 <= snapshot.find("save_fn()") < snapshot.find(".sync_up("), \
-        changed("the order of saving and uploading in a snapshot", "StudyMux.before_save (the journal push)")
+        changed("the order of saving and uploading in a snapshot", "StudyMux.persist (the journal push)")
     assert "self._search_alg.save_to_dir(" in inspect.getsource(TuneController.save_to_dir), \
-        changed("TuneController.save_to_dir saving the searcher at each snapshot", "StudyMux.before_save")
+        changed("TuneController.save_to_dir saving the searcher at each snapshot", "StudyMux.persist")
 
 
 def test_without_num_to_keep_a_trial_s_checkpoints_force_no_snapshot_and_callbacks_hear_of_each():
@@ -177,3 +177,32 @@ def test_without_num_to_keep_a_trial_s_checkpoints_force_no_snapshot_and_callbac
         changed("forced snapshots after num_to_keep checkpoints of a trial", "CheckpointJanitor (num_to_keep=None)")
     assert list(inspect.signature(tune.Callback.on_checkpoint).parameters)[1:5] == \
         ["iteration", "trials", "trial", "checkpoint"], changed("Callback.on_checkpoint", "CheckpointJanitor")
+
+
+def test_a_trial_s_saved_runtime_state_names_the_checkpoint_it_resumes_from(tmp_path):
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager, _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    metadata = _TrainingRunMetadata()
+    metadata.checkpoint_manager = _CheckpointManager(CheckpointConfig())
+    assert named_checkpoint(metadata.get_json_state()) is None
+    for n in range(2):
+        (tmp_path / f"checkpoint_00000{n}").mkdir()
+        metadata.checkpoint_manager.register_checkpoint(_TrainingResult(
+            tune.Checkpoint(str(tmp_path / f"checkpoint_00000{n}")), {"training_iteration": n + 1}))
+    metadata.invalidate_cache()  # as Tune does after a trial's checkpoint
+    assert named_checkpoint(metadata.get_json_state()) == str(tmp_path / "checkpoint_000001"), \
+        changed("the checkpoint manager pickled in a trial's runtime state", "named_checkpoint/stand_in_checkpoints")
+
+
+def test_a_function_trial_restores_from_any_folder_at_its_checkpoint_s_path(tmp_path):
+    """Tune checks only that the checkpoint it restores a function trial from exists; the trial itself chooses
+    what to load (`resume_candidates`), so a stand-in folder lets a trial whose checkpoint was deleted resume."""
+    import inspect
+    from ray.tune.trainable.function_trainable import FunctionTrainable
+    from ray.tune.trainable.trainable import Trainable
+    restore = inspect.getsource(Trainable.restore)
+    assert "_exists_at_fs_path" in restore and "FunctionTrainable" in restore, \
+        changed("Trainable.restore's check of a checkpoint", "stand_in_checkpoints")
+    assert "loaded_checkpoint = checkpoint_result.checkpoint" in inspect.getsource(FunctionTrainable.load_checkpoint), \
+        changed("FunctionTrainable.load_checkpoint (it reads nothing of the checkpoint)", "stand_in_checkpoints")

@@ -63,6 +63,25 @@ def test_studies_split_the_slots_and_a_finished_study_leaves_its_slots_to_the_ot
     assert [sequential.suggest(f"t{i}")["study"] for i in range(4)] == ["a", "a", "b", "b"]
 
 
+def test_a_trial_s_end_is_persisted_before_tune_s_callbacks_delete_its_checkpoints():
+    """The mux makes each trial's end durable as soon as its study records it (Tune calls the callbacks, among
+    them the checkpoint janitor, only after the searcher), and again before each save."""
+    searcher = DurableOptunaSearch({"x": FloatDistribution(0, 1)}, metric="m", mode="max", n_epochs=2,
+                                   experiment="a")
+    seen = []
+
+    def persist():
+        seen.append([t.state.name for t in searcher._ot_study.get_trials()])
+    mux = StudyMux({"a": searcher}, {"a": 2}, "shared", "m", "max", persist=persist)
+    mux.suggest("t0"), mux.suggest("t1")
+    mux.on_trial_complete("t0", {"m": 0.2, "training_iteration": 1, "epoch": 2})
+    assert seen == [["COMPLETE", "RUNNING"]]
+    mux.on_trial_complete("t1", {"m": 0.1, "training_iteration": 1, "epoch": 1})
+    assert seen[-1] == ["COMPLETE", "PRUNED"]  # stopped after its first of two epochs (the epoch, not Tune's count)
+    mux.save("/dev/null")
+    assert len(seen) == 3
+
+
 def test_the_first_trials_are_exactly_the_warm_start_configs():
     plan = plan_study("cross-entropy", "shared", 10, load_space(default_space_file("cross-entropy")), {})
     warm = warm_configs(["best"], "/nowhere", plan)

@@ -22,8 +22,10 @@ from search.finalize import StudyResult, exported_config, markdown_table, paramf
 from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
 from search.study import largest_config
-from search.tune_ext import (STUDY_KEY, CalibratedStudy, CheckpointJanitor, DurableOptunaSearch, ResumableASHA,
-                             counted_trials, delete_stale_checkpoints, end_finished_trials, read_state)
+from search.calibration import CalibratedRungs, PredictedRungs
+from search.tune_ext import (STAND_IN, STUDY_KEY, CalibratedStudy, CheckpointJanitor, DurableOptunaSearch,
+                             ResumableASHA, counted_trials, delete_stale_checkpoints, end_finished_trials, read_state,
+                             stand_in_checkpoints)
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
 
@@ -244,7 +246,7 @@ def fake_trial(tmp_path, trial_id: str, history: list[float]):
     """What ResumableASHA reads of a restored Tune trial: its id, whether it reported, and metrics.jsonl."""
     folder = tmp_path / trial_id
     folder.mkdir()
-    rows = [{"mrr@20": v, "training_iteration": i} for i, v in enumerate(history, 1)]
+    rows = [{"mrr@20": v, "epoch": i, "training_iteration": i} for i, v in enumerate(history, 1)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(folder))
     return SimpleNamespace(trial_id=trial_id, has_reported_at_least_once=bool(rows), storage=storage)
@@ -262,18 +264,20 @@ def test_asha_rungs_survive_a_resume(tmp_path, resumable, decision):
     assert scheduler.on_trial_result(None, new, {"training_iteration": 1, "mrr@20": 0.1}) == decision
 
 
-def test_calibrated_rungs_survive_a_resume_with_the_same_decisions(tmp_path):
+@pytest.mark.parametrize("rule", [CalibratedRungs, PredictedRungs])
+def test_self_calibrating_rungs_survive_a_resume_with_the_same_decisions(tmp_path, rule):
     rng = np.random.default_rng(0)
-    histories = {f"t{i}": list(np.linspace(0.1, final, 4)[1:]) for i, final in enumerate(rng.uniform(0.2, 0.4, 12))}
-    before = CalibratedStudy(time_attr="training_iteration", metric="mrr@20", mode="max", max_t=3, grace_period=1,
+    histories = {f"t{i}": list(np.linspace(0.1, final, 4)[1:] + rng.normal(0, 0.01, 3))
+                 for i, final in enumerate(rng.uniform(0.2, 0.4, 12))}
+    before = CalibratedStudy(rule, time_attr="epoch", metric="mrr@20", mode="max", max_t=3, grace_period=1,
                              reduction_factor=3)
     for trial_id, history in histories.items():  # the search before the kill, trial after trial
         trial = SimpleNamespace(trial_id=trial_id)
         for epoch, value in enumerate(history, 1):
-            if before.on_trial_result(None, trial, {"training_iteration": epoch, "mrr@20": value}) == "STOP":
+            if before.on_trial_result(None, trial, {"epoch": epoch, "mrr@20": value}) == "STOP":
                 histories[trial_id] = history[:epoch]
                 break
-    after = CalibratedStudy(time_attr="training_iteration", metric="mrr@20", mode="max", max_t=3, grace_period=1,
+    after = CalibratedStudy(rule, time_attr="epoch", metric="mrr@20", mode="max", max_t=3, grace_period=1,
                             reduction_factor=3)
     for trial_id, history in histories.items():  # restored by Tuner.restore
         after.on_trial_add(None, fake_trial(tmp_path, trial_id, history))
@@ -281,7 +285,7 @@ def test_calibrated_rungs_survive_a_resume_with_the_same_decisions(tmp_path):
     for value in (0.1, 0.2, 0.3):
         new = fake_trial(tmp_path, f"new{value}", [])
         after.on_trial_add(None, new)
-        result = {"training_iteration": 1, "mrr@20": value}
+        result = {"epoch": 1, "mrr@20": value}
         assert after.on_trial_result(None, new, result) == before.on_trial_result(None, new, result)
 
 
@@ -414,6 +418,27 @@ def test_the_snapshot_period_grows_with_the_search_to_bound_its_writes():
     assert snapshot_period(1) == 1  # a small search snapshots every second
     assert snapshot_period(100) == round(100 * STATE_BYTES_PER_TRIAL / SNAPSHOT_BYTES_PER_S) == 28
     assert snapshot_period(1200) == MAX_SNAPSHOT_PERIOD_S == 300  # 336 s by the rate: capped at 5 minutes
+
+
+def test_a_trial_whose_named_checkpoint_was_deleted_resumes_from_its_newest(tmp_path, monkeypatch):
+    """The janitor deleted the checkpoint Tune's snapshot names: a stand-in lets Tune restore the trial, which
+    resumes from the newest checkpoint in its folder, then the ones before, then Tune's."""
+    import search.trainable as trainable
+    from ray import tune
+    fs = pyarrow.fs.LocalFileSystem()
+    for index in (3, 4):
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+    named = str(tmp_path / "checkpoint_000001")
+    trials = [{"trial_id": "t", "checkpoint": named}, {"trial_id": "u", "checkpoint": str(tmp_path / "checkpoint_000004")},
+              {"trial_id": "v", "checkpoint": None}]
+    assert stand_in_checkpoints(fs, trials) == [named]
+    assert (tmp_path / "checkpoint_000001" / STAND_IN).is_file()  # Tune checks only that it exists
+    monkeypatch.setattr(trainable, "trial_storage", lambda: (fs, str(tmp_path)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint(named))
+    assert [os.path.basename(c.path) for c in trainable.resume_candidates()] == \
+        ["checkpoint_000004", "checkpoint_000003", "checkpoint_000001"]
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint("/elsewhere/checkpoint_000000"))
+    assert trainable.resume_candidates()[-1].path == "/elsewhere/checkpoint_000000"
 
 
 def test_the_janitor_keeps_a_running_trial_s_newest_checkpoints(tmp_path):
