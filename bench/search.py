@@ -1,13 +1,24 @@
 """The search engine at cluster concurrency on a small machine: the platform's own Tune + Optuna + ASHA
-machinery, with trials that answer from a surrogate of real learning curves and sleep a scaled epoch time.
+machinery, with trials that answer from a surrogate of real learning curves.
+
+Two engines run the concurrency sweep (--engine):
+- tune: Ray Tune itself, with trials that sleep a scaled epoch time (--scale): the whole platform, Ray's
+  overheads included, at 50-80 s of wall time per 100-trial search;
+- virtual: the same searcher and scheduler objects, driven by a discrete-event simulation in one process
+  (bench/virtual.py): no Ray, no sleeping, a second or two per search. Its wall time is the virtual clock in the
+  recorded (unscaled) seconds, --scale does not apply, and it also measures the scheduler's own time per
+  reported epoch (its decision overhead).
+The studies and warm-start experiments always run on Tune.
 
     .venv/bin/python bench/record_curves.py     # once: the real curves (bench/data/curves.parquet)
     .venv/bin/python bench/search.py            # the benchmark: tables, plots in bench/figures/, JSON
     .venv/bin/python bench/search.py --quick    # a small end-to-end run
+    .venv/bin/python bench/search.py --engine virtual --trials 200   # the concurrency sweep, simulated
     .venv/bin/python bench/search.py --log bench/results/search-X.jsonl   # resume a run killed half-way
 
 Every finished search is appended to the run's log (JSON lines) at once; a run given an existing log skips
-the settings it holds, and the tables and plots are made from the whole log.
+the settings it holds (those of its engine: a record without one is Tune's), and the tables and plots are made
+from the whole log.
 
 Experiments (each repeated with different seeds, but the first):
 - landscape: the recorded pool (best, configs that blew up, Spearman rho between the MRR@20 after early
@@ -15,20 +26,23 @@ Experiments (each repeated with different seeds, but the first):
   configs within 1, 2, 3 and 5% of the pool's best final MRR@20);
 - concurrency: the platform (TPE with constant liar, multivariate, start-up trials = max(10, concurrency),
   and ASHA), TPE as Optuna 4 makes it by default (no liar, independent, 10 start-up trials) and ASHA, random
-  search and ASHA, and TPE at full budget (no early
-  stopping, the official paropt way), at 1, 8, 32 and 64 trials in flight;
+  search and ASHA, TPE at full budget (no early stopping, the official paropt way), and the platform's TPE with
+  calibrated early stopping (search/calibration.py), at 1, 8, 32 and 64 trials in flight;
 - studies: six studies on one set of slots, sharing them, one after another in one experiment, and
   one experiment after another (the previous platform);
 - warm start: the published best configs first, and the top configs of an earlier search of half the trials
   (another seed) first, against a cold start.
 Reported: regret (the pool's best final MRR@20 minus the best final MRR@20 of a config the search ran to its
 last epoch, relative), epochs used against a full-budget search of the same trial count, wall time,
-utilisation (busy slot-seconds over available slot-seconds) and the platform's overhead per trial.
+utilisation (busy slot-seconds over available slot-seconds), the platform's overhead per trial, and (virtual
+engine) the scheduler's decision time per reported epoch.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import re
 import statistics
@@ -48,25 +62,31 @@ import ray  # noqa: E402
 import ray.cloudpickle  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune import CheckpointConfig, RunConfig, TuneConfig, Tuner  # noqa: E402
-from ray.tune.schedulers import FIFOScheduler  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 
 from search.ledger import METRIC  # noqa: E402
 from search.spaces import load_space, plan_study, default_space_file  # noqa: E402
 from search.study import KEEP_CHECKPOINTS, TUNE_ENVIRONMENT, snapshot_period, tpe_sampler  # noqa: E402
 from search.trainable import MODE  # noqa: E402
-from search.tune_ext import STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux  # noqa: E402
+from search.tune_ext import EPOCH, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux  # noqa: E402
 from search.warmstart import TOP_OF_EARLIER_SEARCH, warm_configs  # noqa: E402
 
 sys.path.append(str(HERE))
 import surrogate as surrogate_module  # noqa: E402
 from record_curves import sample_uniform  # noqa: E402
 from surrogate import Surrogate  # noqa: E402
+from virtual import run_virtual  # noqa: E402
 
 CURVES = HERE / "data" / "curves.parquet"
 POOLS = {"rsc15 xe": ("rsc15_100k", "xe_shared", "cross-entropy"),
          "rsc15 bpr-max": ("rsc15_100k", "bprmax_shared", "bpr-max"),
          "globo xe": ("globo_g1", "xe_shared", "cross-entropy")}
-METHODS = ("platform", "tpe 4.x defaults + asha", "random + asha", "tpe full budget", "calibrated")
+# Each method of the concurrency sweep and its early stopping: StudyASHA's kind, or None for none (FIFO).
+EARLY_STOPPING: dict[str, str | None] = {"platform": "asha", "tpe 4.x defaults + asha": "asha",
+                                         "random + asha": "asha", "tpe full budget": None,
+                                         "calibrated": "calibrated", "predicted": "predicted"}
+METHODS = tuple(EARLY_STOPPING)
+ENGINES = ("tune", "virtual")
 LOSSES = {"xe": "cross-entropy", "bprmax": "bpr-max"}  # a study's first token names its loss
 GRACE, REDUCTION = 1, 3  # the platform's ASHA defaults
 
@@ -133,6 +153,7 @@ class Outcome:
     slots: int
     order: list[float] = field(default_factory=list)  # true final MRR of complete trials, in asking order
     steady: float = 0.0  # utilisation once every slot had started its first trial (actor start-up excluded)
+    decision_ms: float = math.nan  # the scheduler's time per reported epoch (virtual engine only)
 
     @property
     def utilisation(self) -> float:
@@ -152,6 +173,15 @@ def sampler_for(method: str, seed: int, concurrency: int) -> optuna.samplers.Bas
     return tpe_sampler(seed, concurrency)
 
 
+def scheduler_for(method: str, epochs: int) -> TrialScheduler:
+    """The method's scheduler, built as the platform builds it: FIFO without early stopping, else StudyASHA."""
+    kind = EARLY_STOPPING[method]
+    if kind is None:
+        return FIFOScheduler()
+    return StudyASHA(kind, time_attr=EPOCH, metric=METRIC, mode=MODE, max_t=epochs, grace_period=GRACE,
+                     reduction_factor=REDUCTION)
+
+
 def run_tuner(studies: dict[str, tuple[Surrogate, str]], method: str, concurrency: int, seed: int, trials: int,
               scale: float, policy: str = "shared", warm: dict[str, list] | None = None,
               checkpoint_kb: int = 64) -> tuple[float, list[Any], dict[str, DurableOptunaSearch]]:
@@ -162,10 +192,7 @@ def run_tuner(studies: dict[str, tuple[Surrogate, str]], method: str, concurrenc
                                            experiment=name)
                  for i, (name, (pool, _)) in enumerate(studies.items())}
     mux = StudyMux(searchers, {name: trials for name in studies}, policy, METRIC, MODE)
-    epochs = next(iter(studies.values()))[0].epochs
-    scheduler = FIFOScheduler() if method == "tpe full budget" else StudyASHA(
-        "calibrated" if method == "calibrated" else "asha", time_attr="training_iteration", metric=METRIC,
-        mode=MODE, max_t=epochs, grace_period=GRACE, reduction_factor=REDUCTION)
+    scheduler = scheduler_for(method, next(iter(studies.values()))[0].epochs)
     trainable = tune.with_resources(tune.with_parameters(
         simulated_trial, pools={name: pool for name, (pool, _) in studies.items()}, scale=scale,
         checkpoint_kb=checkpoint_kb), {"cpu": 1})
@@ -223,13 +250,16 @@ def measure(results: list[Any], searchers: dict[str, DurableOptunaSearch], pools
 class Log:
     """The run's records, one JSON line per finished search, appended as each finishes."""
 
+    LEGACY = {"engine": "tune"}  # what a record written before a key existed holds
+
     def __init__(self, path: Path):
         self.path = path
         self.records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
             if path.is_file() else []
 
     def find(self, **key: Any) -> dict[str, Any] | None:
-        return next((r for r in self.records if all(r.get(k) == v for k, v in key.items())), None)
+        return next((r for r in self.records if all(r.get(k, self.LEGACY.get(k)) == v for k, v in key.items())),
+                    None)
 
     def add(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -238,24 +268,42 @@ class Log:
             f.write(json.dumps(record, default=float) + "\n")
 
 
+def tune_search(pool: Surrogate, label: str, method: str, concurrency: int, seed: int, trials: int,
+                scale: float) -> Outcome:
+    """One search of the sweep on Ray Tune, its trials sleeping their scaled epoch times."""
+    wall, results, searchers = run_tuner({label: (pool, "")}, method, concurrency, seed * 1000, trials, scale)
+    regret, epochs, busy, order = measure(results, searchers, {label: pool}, label)
+    return Outcome(method, concurrency, seed, trials, regret, epochs, wall, busy, concurrency, order,
+                   steady_utilisation(busy_spans(results), concurrency))
+
+
+def virtual_search(pool: Surrogate, label: str, method: str, concurrency: int, seed: int, trials: int) -> Outcome:
+    """One search of the sweep on the virtual clock, seeded and built as `tune_search`'s."""
+    run = run_virtual(pool, scheduler_for(method, pool.epochs), sampler_for(method, seed * 1000, concurrency),
+                      concurrency, trials, study=label)
+    return Outcome(method, concurrency, seed, trials, run.regret, run.epochs, run.wall_s, run.busy_s, concurrency,
+                   run.order, steady_utilisation(run.spans, concurrency), 1000 * run.decision_s_per_epoch)
+
+
 def concurrency_sweep(pools: dict[str, Surrogate], label: str, concurrencies: list[int], methods: list[str],
-                      seeds: int, trials: int, scale: float, log: Log) -> list[Outcome]:
+                      seeds: int, trials: int, scale: float, log: Log, engine: str = "tune") -> list[Outcome]:
+    """Every method at every concurrency and seed on the given engine; settings the log holds are not rerun."""
     outcomes = []
     pool = pools[label]
     for seed in range(seeds):
         for concurrency in concurrencies:
             for method in methods:
-                key = {"kind": "concurrency", "pool": label, "method": method, "concurrency": concurrency,
-                       "seed": seed, "trials": trials}
+                key = {"kind": "concurrency", "engine": engine, "pool": label, "method": method,
+                       "concurrency": concurrency, "seed": seed, "trials": trials}
                 if (done := log.find(**key)) is None:
-                    wall, results, searchers = run_tuner({label: (pool, "")}, method, concurrency, seed * 1000,
-                                                         trials, scale)
-                    regret, epochs, busy, order = measure(results, searchers, {label: pool}, label)
-                    o = Outcome(method, concurrency, seed, trials, regret, epochs, wall, busy, concurrency, order,
-                                steady_utilisation(busy_spans(results), concurrency))
+                    begin = time.perf_counter()
+                    o = tune_search(pool, label, method, concurrency, seed, trials, scale) if engine == "tune" \
+                        else virtual_search(pool, label, method, concurrency, seed, trials)
                     log.add(key | o.__dict__)
-                    print(f"  {label} | {method:20s} | c={concurrency:2d} seed={seed}: regret {100 * regret:.2f}%, "
-                          f"{epochs} epochs, {wall:.1f} s, utilisation {o.utilisation:.2f}", flush=True)
+                    decisions = "" if math.isnan(o.decision_ms) else f", decisions {o.decision_ms:.3f} ms / epoch"
+                    print(f"  {label} | {method:20s} | c={concurrency:2d} seed={seed}: regret {100 * o.regret:.2f}%, "
+                          f"{o.epochs} epochs, {o.wall_s:.1f} s {engine}, utilisation {o.utilisation:.2f}"
+                          f"{decisions} (took {time.perf_counter() - begin:.1f} s)", flush=True)
                 else:
                     o = Outcome(**{k: v for k, v in done.items() if k in Outcome.__dataclass_fields__})
                 outcomes.append(o)
@@ -408,7 +456,8 @@ def summarise(outcomes: list[Outcome], label: str, pool: Surrogate) -> list[dict
                          "median wall s": statistics.median(o.wall_s for o in mine),
                          "utilisation": statistics.median(o.utilisation for o in mine),
                          "steady utilisation": statistics.median(o.steady for o in mine),
-                         "overhead s / trial": statistics.median(o.overhead_s for o in mine)})
+                         "overhead s / trial": statistics.median(o.overhead_s for o in mine),
+                         "decision ms / epoch": statistics.median(o.decision_ms for o in mine)})
     return rows
 
 
@@ -445,7 +494,7 @@ def plot(outcomes: list[Outcome], label: str, curves: dict[str, list[list[float]
     figure, axes = plt.subplots(1, 2 if curves else 1, figsize=(12 if curves else 6, 4.5), squeeze=False)
     ax = axes[0][0]
     budget = outcomes[0].trials * pool.epochs
-    markers = dict(zip(METHODS, "osD^v"))
+    markers = dict(zip(METHODS, itertools.cycle("osD^vP*X")))
     for method in METHODS:
         for concurrency in sorted({o.concurrency for o in outcomes}):
             mine = [o for o in outcomes if o.method == method and o.concurrency == concurrency]
@@ -470,6 +519,16 @@ def plot(outcomes: list[Outcome], label: str, curves: dict[str, list[list[float]
     plt.close(figure)
 
 
+def start_ray(slots: int, trials: int) -> None:
+    """Start Ray for the experiments that run on Tune (seconds that a virtual sweep alone does not pay)."""
+    ray.cloudpickle.register_pickle_by_value(surrogate_module)  # workers need not find bench/ on their path
+    if __name__ != "__main__":
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # snapshots as often as the platform takes them for a search of this size
+    os.environ.update({**TUNE_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": str(snapshot_period(trials))})
+    ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--curves", type=Path, default=CURVES)
@@ -480,8 +539,13 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32,64")
     p.add_argument("--seeds", type=int, default=10, help="repetitions per setting")
     p.add_argument("--trials", type=int, default=100, help="trials per search")
-    p.add_argument("--scale", type=float, default=1 / 300, help="sleep = recorded epoch seconds x scale")
-    p.add_argument("--experiments", default="landscape,concurrency,studies,warm")
+    p.add_argument("--scale", type=float, default=1 / 300,
+                   help="sleep = recorded epoch seconds x scale (the tune engine's; the virtual one does not sleep)")
+    p.add_argument("--engine", choices=ENGINES, default="tune",
+                   help="what runs the concurrency sweep: Ray Tune with sleeping trials, or the virtual clock "
+                        "(bench/virtual.py, no Ray); the studies and warm-start experiments always run on Tune")
+    p.add_argument("--experiments", help="comma-separated, of landscape, concurrency, studies, warm (default: all "
+                   "four with --engine tune, landscape,concurrency with --engine virtual)")
     p.add_argument("--studies-concurrency", type=int, default=8,
                    help="slots of the six-study experiment (actor start-up on a small machine swamps larger ones)")
     p.add_argument("--studies-scale", type=float, default=1 / 20,
@@ -495,9 +559,6 @@ def main() -> None:
         p.set_defaults(seeds=2, trials=12, concurrency="1,4", scale=1 / 3000, studies_scale=1 / 1000)
     args = p.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    ray.cloudpickle.register_pickle_by_value(surrogate_module)  # workers need not find bench/ on their path
-    if __name__ != "__main__":
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     methods = [m.strip() for m in args.methods.split(",")]
     if unknown := [m for m in methods if m not in METHODS]:
         raise SystemExit(f"--methods: unknown {unknown[0]!r} (use {', '.join(METHODS)})")
@@ -506,19 +567,21 @@ def main() -> None:
     if not labels:
         raise SystemExit(f"{args.curves}: no pool with 8 or more recorded configs among {args.pools}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    # snapshots as often as the platform takes them for a search of this size
-    os.environ.update({**TUNE_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": str(snapshot_period(args.trials))})
-    ray.init(num_cpus=max(concurrencies), include_dashboard=False, log_to_driver=False)
+    args.experiments = args.experiments or ("landscape,concurrency,studies,warm" if args.engine == "tune"
+                                            else "landscape,concurrency")
+    experiments = args.experiments.split(",")
+    if {"studies", "warm"} & set(experiments) or ("concurrency" in experiments and args.engine == "tune"):
+        start_ray(max(concurrencies), args.trials)
     log = Log(args.log or args.out / "results" / f"search-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     print(f"log: {log.path} ({len(log.records)} searches already done)", flush=True)
     figures = args.out / "figures"
     report: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                               "tables": {}}
-    experiments = args.experiments.split(",")
+    clock = f"slept x {args.scale:g}" if args.engine == "tune" else "on the virtual clock"
     for label in labels:
         pool = pools[label]
         print(f"{label}: {len(pool.configs)} recorded configs, best final MRR@20 {pool.best_final:.4f}, "
-              f"mean epoch {pool.mean_epoch_seconds:.1f} s (slept x {args.scale:g})", flush=True)
+              f"mean epoch {pool.mean_epoch_seconds:.1f} s ({clock})", flush=True)
         if "landscape" in experiments:
             report.setdefault("pools", {})[label] = summary = pool_summary(pool)
             print("  pool: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -528,7 +591,7 @@ def main() -> None:
                                                           f"{k} {100 * v:.2f}%" for k, v in found.items()
                                                           if k != "samples"), flush=True)
         outcomes = concurrency_sweep(pools, label, concurrencies, methods, args.seeds, args.trials,
-                                     args.scale, log) if "concurrency" in experiments else []
+                                     args.scale, log, args.engine) if "concurrency" in experiments else []
         curves = warm_start(pools, label, concurrencies[min(1, len(concurrencies) - 1)], args.seeds,
                             args.trials, args.scale, log) if "warm" in experiments and label == labels[0] else None
         if outcomes:
@@ -553,7 +616,8 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # a landscape-only run logs no search
     path.write_text(json.dumps(report, indent=1, default=float))
     print(f"results written to {path}")
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":
