@@ -347,12 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
     run.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     run.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep 1/r at each rung (default 3)")
-    run.add_argument("--early-stopping", choices=EARLY_STOPPING, default="asha",
+    run.add_argument("--early-stopping", choices=EARLY_STOPPING, default="predicted",
                      help="asha: each rung keeps the top 1/r; calibrated: each rung keeps between all and the top 1/r "
                           "of the trials, as its rank correlation with the last epoch, measured on the study's own "
                           "trials, allows; predicted: a rung stops a trial when its final MRR@20, predicted from its "
                           "rung value by a fit on the study's trials that ran to the end, is unlikely to beat the "
-                          "study's best (default: asha)")
+                          "study's best (default: predicted; bench/README.md compares them)")
     run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="K",
                      help="a trial saves its training state at ASHA's rungs, at its last epoch, and so that at most K "
                           f"epochs pass between two saves (0: rungs and last epoch only; default {CHECKPOINT_EVERY})")

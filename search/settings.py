@@ -106,7 +106,9 @@ class SearchSettings:
     max_concurrent: int | None = None  # None: as many trials as the cluster's resources fit (resolved at `run`)
     grace_period: int = 1
     reduction_factor: float = 3.0
-    early_stopping: str = "asha"  # "calibrated", "predicted": rungs that learn how hard to cut (calibration.py)
+    # "calibrated", "predicted" (the command line's default): rungs that learn how hard to cut (calibration.py);
+    # "asha" is what a search saved before the option existed used
+    early_stopping: str = "asha"
     checkpoint_every: int = CHECKPOINT_EVERY  # at most this many epochs between two saved training states
     cuda_graphs: bool = True  # False: trials and retrains on CUDA run their steps eagerly (--no-cuda-graphs)
     max_failures: int = 2

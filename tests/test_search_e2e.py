@@ -41,7 +41,8 @@ def search_args(tmp_path: Path, name: str, *extra: str) -> list:
     return [BIN / "gru4rec-search", "run", "--train", DATA / "train_tr.tsv", "--valid", DATA / "train_valid.tsv",
             "--train-full", DATA / "train_full.tsv", "--test", DATA / "test.tsv", "--name", name, "--space", space,
             "--fixed", "n_sample=256", "--trials", "6", "--storage", tmp_path / "store", "--local-cpus", "2",
-            "--no-dashboard", "--grace-period", "1", "--reduction-factor", "2", "--top-k", "2", "--seeds", "2", *extra]
+            "--no-dashboard", "--grace-period", "1", "--reduction-factor", "2", "--top-k", "2", "--seeds", "2",
+            "--early-stopping", "asha", *extra]
 
 
 def finish(proc: subprocess.Popen, tmp_path: Path, log: str, timeout: float = 600) -> str:

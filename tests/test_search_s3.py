@@ -47,8 +47,8 @@ class Hosts:
                            "--name", "s3search", "--losses", "xe", "--modes", "shared", "--space", space,
                            "--fixed", "n_sample=128,batch_size=128", "--trials", trials, "--epochs", 2,
                            "--storage", self.storage, "--local-cpus", 2, "--max-concurrent", 2, "--no-dashboard",
-                           "--quiet", "--reduction-factor", 2, "--top-k", 1, "--seeds", 1,
-                           "--early-stopping", "calibrated"], log, env=self.env(host))
+                           "--quiet", "--reduction-factor", 2, "--top-k", 1, "--seeds", 1], log,
+                          env=self.env(host))
 
     def resume(self, host: str, log: str, *extra) -> subprocess.Popen:
         return self.spawn([BIN / "gru4rec-search", "resume", "s3search", "--storage", self.storage, "--local-cpus", 2,
@@ -136,7 +136,7 @@ def test_a_search_on_s3_survives_kills_and_hosts_taking_turns(tmp_path, s3, spaw
     hosts.check_complete(6)
     status = hosts.status("host-c")
     assert re.search(r"xe_shared\s+6/6\s+0\s", status)
-    assert re.search(r"xe_shared: calibrated early stopping: epoch 1: 6 reached, \d ran to the end, rho ",
+    assert re.search(r"xe_shared: predicted early stopping: epoch 1: 6 reached, \d ran to the end, rho ",
                      status), status
     assert Store(hosts.uri).list("optuna.journal.parts"), "the journal is stored in pieces"
 
