@@ -204,7 +204,8 @@ def execute(settings: SearchSettings, store: Store, data: SearchData, args: argp
             print(f"Ray dashboard: {dashboard}")
         print(f"Optuna dashboard: gru4rec-search dashboard {settings.name} --storage {settings.storage}")
         refs = data.put()
-        todo = [plan for plan in plans if not study_progress(settings, plan).finished(settings.trials)]
+        progress = study_progress(settings, plans)
+        todo = [plan for plan in plans if not progress[plan.name].finished(settings.trials)]
         for plan in plans:
             if plan not in todo:
                 print(f"study {plan.name}: already finished")
@@ -250,9 +251,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(header)
     notes = []
     written = 0
-    for plan in settings.plans():
-        p = study_progress(settings, plan)
-        written += sum(r.checkpoint_bytes for r in p.records)
+    for p in study_progress(settings, settings.plans()).values():
+        plan = p.plan
+        written += sum(r.checkpoint_bytes for r in p.records or [])
         if not p.started:
             print(f"{plan.name:<16} {'not started':>9}")
             continue

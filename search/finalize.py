@@ -22,11 +22,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 import optuna
-import optuna.visualization.matplotlib as optuna_plots
 import pandas as pd
 import ray
 from optuna.trial import TrialState
@@ -39,8 +37,11 @@ from .cluster import Resources
 from .ledger import Outcome, TrialRecord, counts, rung_correlations
 from .settings import SearchSettings, Store
 from .spaces import StudyPlan
-from .study import optuna_storage, read_ledger
+from .study import optuna_storage, read_ledgers
 from .trainable import TIE_MODE, device_for_task, graphs_option
+
+if TYPE_CHECKING:  # matplotlib is imported where it plots: it costs `status` 0.6 s otherwise
+    import matplotlib.pyplot as plt
 
 CUTOFFS = (1, 5, 10, 20)
 LOW_CORRELATION = 0.5  # below this Spearman rho, a rung's ranking says little about the final one
@@ -204,7 +205,7 @@ def finalize(settings: SearchSettings, store: Store, data: dict[str, ray.ObjectR
     """Select, retrain and test each study's best config (what is already done is kept), then export."""
     top_k, n_seeds = settings.top_k, settings.seeds
     plans = settings.plans()
-    ledgers = {plan.name: read_ledger(settings, plan) or [] for plan in plans}
+    ledgers = {name: records or [] for name, records in read_ledgers(settings, plans).items()}
     todo = [plan for plan in plans if load_record(store, plan.name) is None and ledgers[plan.name]]
     picks = {plan.name: candidates(ledgers[plan.name], top_k) for plan in todo}
     configs = {plan.name: [exported_config({**plan.fixed, **{k: tidy(v) for k, v in r.params.items()}})[1].to_dict()
@@ -397,6 +398,7 @@ def optuna_study(settings: SearchSettings, store: Store, plan: StudyPlan) -> opt
 
 def plot_history(study: optuna.Study, title: str) -> plt.Figure:
     """MRR@20 of every trial in order, stopped trials hollow at their last value, and the best complete so far."""
+    import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(7, 4))
     best, best_line = None, []
     for state, style in ((TrialState.COMPLETE, {"color": "tab:blue"}),
@@ -419,6 +421,7 @@ def plot_importance(study: optuna.Study, title: str) -> plt.Figure | None:
     """Optuna's parameter importance (fANOVA over complete trials), or None when it cannot be computed."""
     if sum(t.state == TrialState.COMPLETE for t in study.trials) < 2:
         return None
+    import optuna.visualization.matplotlib as optuna_plots
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental API; equal importances when few trials differ
         try:
@@ -431,6 +434,7 @@ def plot_importance(study: optuna.Study, title: str) -> plt.Figure | None:
 
 def write_plots(settings: SearchSettings, plan: StudyPlan, store: Store) -> None:
     """PNG plots of the study's optimisation history and parameter importance (when it can be computed)."""
+    import matplotlib.pyplot as plt
     study = optuna_study(settings, store, plan)
     if study is None:
         return

@@ -147,14 +147,21 @@ def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, re
     return (KEEP_CHECKPOINTS * resources.max_concurrent + 1) * training_state_bytes(largest_config(plan), n_items)
 
 
-def read_ledger(settings: SearchSettings, plan: StudyPlan) -> list[TrialRecord] | None:
-    """The ledger of a study (one record per trial Tune knows of it), or None if the search has not started."""
+def read_ledgers(settings: SearchSettings, plans: list[StudyPlan]) -> dict[str, list[TrialRecord] | None]:
+    """Each study's ledger (one record per trial Tune knows of it), None before the search has started. Tune's
+    saved state is read once for all (33 MB of JSON at 1,200 trials)."""
     fs, root = pyarrow.fs.FileSystem.from_uri(settings.experiment_uri)
     trials = read_state(fs, root)
     if trials is None:
-        return None
-    return [record(plan.name, t, read_results(fs, f"{root}/{t['dir']}/{METRICS_FILE}"), settings.epochs, plan.space)
-            for t in trials if t["config"].get(STUDY_KEY) == plan.name]
+        return {plan.name: None for plan in plans}
+    return {plan.name: [record(plan.name, t, read_results(fs, f"{root}/{t['dir']}/{METRICS_FILE}"), settings.epochs,
+                               plan.space) for t in trials if t["config"].get(STUDY_KEY) == plan.name]
+            for plan in plans}
+
+
+def read_ledger(settings: SearchSettings, plan: StudyPlan) -> list[TrialRecord] | None:
+    """One study's ledger (see read_ledgers)."""
+    return read_ledgers(settings, [plan])[plan.name]
 
 
 @dataclass
@@ -178,9 +185,10 @@ class StudyProgress:
         return self.started and self.ended >= asked and self.tally.get(Outcome.RUNNING, 0) == 0
 
 
-def study_progress(settings: SearchSettings, plan: StudyPlan) -> StudyProgress:
-    records = read_ledger(settings, plan)
-    return StudyProgress(plan, records, counts(records) if records is not None else {})
+def study_progress(settings: SearchSettings, plans: list[StudyPlan]) -> dict[str, StudyProgress]:
+    """Where each study stands, by name."""
+    return {plan.name: StudyProgress(plan, records, counts(records) if records is not None else {})
+            for plan, records in zip(plans, read_ledgers(settings, plans).values())}
 
 
 def tpe_sampler(seed: int, concurrency: int) -> optuna.samplers.TPESampler:
@@ -258,8 +266,8 @@ def run_search(settings: SearchSettings, store: Store, plans: list[StudyPlan], d
     finally:
         if push_journal:
             push_journal()
-    for plan in plans:
-        progress = study_progress(settings, plan)
+    for progress in study_progress(settings, plans).values():
+        plan = progress.plan
         if not progress.finished(settings.trials):
             raise SearchError(f"study {plan.name} stopped with {progress.ended} of {settings.trials} trials ended; "
                               f"continue with: gru4rec-search resume {settings.name}")
