@@ -76,7 +76,10 @@ class DurableOptunaSearch(OptunaSearch):
         try:
             with warnings.catch_warnings():  # Optuna warns when a step was already reported (a replay)
                 warnings.simplefilter("ignore")
-                super().on_trial_result(trial_id, result)
+                # the step is the epoch (OptunaSearch takes Tune's iteration count, which restarts from the
+                # snapshot's checkpoint when a trial resumes from a newer one)
+                super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: result.get(EPOCH, result.get(
+                    TRAINING_ITERATION))})
         except Exception as e:  # noqa: BLE001
             logger.warning("cannot report trial %s to Optuna: %s", trial_id, e)
 

@@ -106,3 +106,17 @@ def test_gpus_asked_on_a_machine_without_gpu_stop_before_any_trial(splits, tmp_p
     assert err == "gru4rec-search: error: --gpus-per-trial 0.5: this Ray instance has no GPU; use --gpus-per-trial 0"
     assert not ray.is_initialized()
     assert not (tmp_path / "store" / "bad" / "search.json").exists()
+
+
+def test_status_of_a_search_whose_studies_have_not_started(tmp_path, capsys):
+    from search.settings import SearchSettings, Store
+    from search.spaces import default_space_file, parse_losses, parse_modes
+    losses = parse_losses("xe")
+    space = default_space_file(losses[0])
+    settings = SearchSettings(name="fresh", train="t", valid="v", train_full="f", test="x", losses=losses,
+                              modes=parse_modes("none,shared"), storage=str(tmp_path),
+                              spaces={losses[0]: {"source": str(space), "text": space.read_text()}})
+    Store(str(tmp_path / "fresh")).write("search.json", settings.to_json().encode())
+    assert main(["status", "fresh", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines() if "not started" in line] == ["xe_none", "xe_shared"], out

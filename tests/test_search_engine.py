@@ -74,7 +74,9 @@ def test_a_trial_s_end_is_persisted_before_tune_s_callbacks_delete_its_checkpoin
         seen.append([t.state.name for t in searcher._ot_study.get_trials()])
     mux = StudyMux({"a": searcher}, {"a": 2}, "shared", "m", "max", persist=persist)
     mux.suggest("t0"), mux.suggest("t1")
+    mux.on_trial_result("t0", {"m": 0.1, "training_iteration": 1, "epoch": 1})
     mux.on_trial_complete("t0", {"m": 0.2, "training_iteration": 1, "epoch": 2})
+    assert searcher._ot_study.get_trials()[0].intermediate_values == {1: 0.1, 2: 0.2}  # steps are epochs
     assert seen == [["COMPLETE", "RUNNING"]]
     mux.on_trial_complete("t1", {"m": 0.1, "training_iteration": 1, "epoch": 1})
     assert seen[-1] == ["COMPLETE", "PRUNED"]  # stopped after its first of two epochs (the epoch, not Tune's count)
