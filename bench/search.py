@@ -27,7 +27,7 @@ Experiments (each repeated with different seeds, but the first):
 - concurrency: the platform (TPE with constant liar, multivariate, start-up trials = max(10, concurrency),
   and ASHA), TPE as Optuna 4 makes it by default (no liar, independent, 10 start-up trials) and ASHA, random
   search and ASHA, TPE at full budget (no early stopping, the official paropt way), and the platform's TPE with
-  calibrated early stopping (search/calibration.py), at 1, 8, 32 and 64 trials in flight;
+  calibrated or predicted early stopping (search/calibration.py), at 1, 8, 32 and 64 trials in flight;
 - studies: six studies on one set of slots, sharing them, one after another in one experiment, and
   one experiment after another (the previous platform);
 - warm start: the published best configs first, and the top configs of an earlier search of half the trials

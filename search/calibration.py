@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -199,27 +199,30 @@ class PredictedRungs(CalibratedRungs):
         sd = float(math.sqrt((residuals ** 2).sum() / (len(x) - 2)))
         return Prediction(len(x), intercept, slope, sd, float(x.mean()), spread)
 
+    def rule(self, epoch: int) -> Callable[[float], bool] | None:
+        """Whether a trial with a given value at the rung goes on, by the rung's fit; None before it has one."""
+        fit = self.predictor(epoch)
+        if fit is None:
+            return None
+        if fit.slope <= 0:
+            return lambda value: True
+        best = max(self.values[self.n_epochs].values())
+        return lambda value: fit.upper(value, Z_KEEP) >= best
+
     def decide(self, trial: str, epoch: int, value: float) -> bool:
         self.record(trial, epoch, value)
         if epoch not in self.rungs:
             return True
-        fit = self.predictor(epoch)
-        if fit is None:
-            return super().decide(trial, epoch, value)
-        if fit.slope <= 0:
-            return True
-        return fit.upper(value, Z_KEEP) >= max(self.values[self.n_epochs].values())
+        goes_on = self.rule(epoch)
+        return super().decide(trial, epoch, value) if goes_on is None else goes_on(value)
 
     def keep(self, epoch: int) -> float:
         """The fraction of the trials recorded at the rung that its rule lets through now."""
-        fit = self.predictor(epoch)
-        if fit is None:
+        goes_on = self.rule(epoch)
+        if goes_on is None:
             return super().keep(epoch)
         recorded = list(self.values.get(epoch, {}).values())
-        if fit.slope <= 0 or not recorded:
-            return 1.0
-        best = max(self.values[self.n_epochs].values())
-        return sum(fit.upper(v, Z_KEEP) >= best for v in recorded) / len(recorded)
+        return sum(map(goes_on, recorded)) / len(recorded) if recorded else 1.0
 
     def report(self) -> list[RungReport]:
         reports = super().report()

@@ -24,7 +24,7 @@ from gru4rec.config import Config
 
 from .cluster import Resources
 from .journal import replica
-from .ledger import METRICS_FILE, Outcome, TrialRecord, counts, read_results, record
+from .ledger import METRICS_FILE, UNFINISHED, Outcome, TrialRecord, counts, read_results, record
 from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Store
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
@@ -187,8 +187,12 @@ class StudyProgress:
 
 def study_progress(settings: SearchSettings, plans: list[StudyPlan]) -> dict[str, StudyProgress]:
     """Where each study stands, by name."""
-    return {plan.name: StudyProgress(plan, records, counts(records) if records is not None else {})
-            for plan, records in zip(plans, read_ledgers(settings, plans).values())}
+    ledgers = read_ledgers(settings, plans)
+    progress = {}
+    for plan in plans:
+        records = ledgers[plan.name]
+        progress[plan.name] = StudyProgress(plan, records, counts(records) if records is not None else {})
+    return progress
 
 
 def tpe_sampler(seed: int, concurrency: int) -> optuna.samplers.TPESampler:
@@ -316,10 +320,11 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
         logger.info("trials %s had ended after Tune's last snapshot", sorted(amended))
     trials = [{**t, "status": ended[t["trial_id"]]} if t["trial_id"] in amended else t for t in trials]
     delete_stale_checkpoints(fs, root, trials)
-    for gone in stand_in_checkpoints(fs, [t for t in trials if t["status"] not in ("TERMINATED", "ERROR")]):
+    resumed = [t for t in trials if t["status"] in UNFINISHED]
+    for gone in stand_in_checkpoints(fs, resumed):
         print(f"the checkpoint {gone} that Tune's last snapshot names was deleted since; its trial resumes from the "
               "newest in its folder", flush=True)
-    reopen_search(fs, root, {t["trial_id"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")})
+    reopen_search(fs, root, {t["trial_id"] for t in resumed})
     tuner = Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=retry_failed)
     if retry_failed:
         failed = {t["trial_id"] for t in trials if t["status"] == "ERROR"}

@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .calibration import RUNG_RULES, CalibratedRungs
-from .ledger import METRICS_FILE, Outcome, classify, read_results, rung_epochs
+from .ledger import METRICS_FILE, UNFINISHED, Outcome, classify, read_results, rung_epochs
 from .settings import SearchError, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str, trials:
     callback would), and of trial folders the state does not know at all (trials started after Tune's last
     snapshot: they are never resumed, and their Optuna trials are failed as lost).
     """
-    resumed = {trial["dir"] for trial in trials if trial["status"] not in ("TERMINATED", "ERROR")}
+    resumed = {trial["dir"] for trial in trials if trial["status"] in UNFINISHED}
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
     except OSError as e:
@@ -502,7 +502,7 @@ def read_state(fs: pyarrow.fs.FileSystem, experiment: str) -> list[dict[str, Any
         trials.append({"trial_id": trial["trial_id"], "status": trial["status"], "config": trial["config"],
                        "dir": trial.get("relative_logdir") or f"trial_{trial['trial_id']}",
                        "last_result": runtime.get("last_result") or {}})
-        if trial["status"] not in ("TERMINATED", "ERROR"):
+        if trial["status"] in UNFINISHED:
             trials[-1]["checkpoint"] = named_checkpoint(runtime_json)
     return trials
 
@@ -554,7 +554,7 @@ def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[
     for entry in state["trial_data"]:
         trial = json.loads(entry[0])
         status = ended.get(trial["trial_id"])
-        if status and trial["status"] not in ("TERMINATED", "ERROR"):
+        if status and trial["status"] in UNFINISHED:
             trial["status"] = status
             entry[0] = json.dumps(trial, indent=2)
             changed.append(trial["trial_id"])
