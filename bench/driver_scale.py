@@ -345,11 +345,12 @@ def keep_copy(uri: str, folder: Path) -> None:
     pyarrow.fs.copy_files(root, str(folder), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
 
 
-def tune_trials(uri: str) -> list[dict]:
-    """The trials of the saved experiment state of the search folder `uri` (empty before the first snapshot)."""
-    from search.tune_ext import read_state
+def ledger_trials(uri: str) -> list[dict]:
+    """The trials of the search folder `uri` as its ledger has them: Tune's saved experiment state and the trials
+    a resume kept (ended after Tune's last snapshot); empty before the first snapshot."""
+    from search.tune_ext import read_trials
     fs, root = filesystem(f"{uri}/trials")
-    return read_state(fs, root) or []
+    return read_trials(fs, root) or []
 
 
 # ---- processes --------------------------------------------------------------------------------------
@@ -616,7 +617,7 @@ class DriverRun:
             return
         self.began = True
         if self.phase.sessions[:-1]:
-            for trial in tune_trials(self.phase.uri):
+            for trial in ledger_trials(self.phase.uri):
                 if trial["status"] in ("TERMINATED", "ERROR"):
                     self.progress.ended.setdefault(trial["trial_id"], time.time())
 
@@ -713,12 +714,13 @@ def verify(phase: Phase, settings: BenchSettings, progress: Progress) -> dict:
     from search.cli import load_settings
     from search.ledger import METRICS_FILE, read_results
     from search.study import optuna_storage
-    from search.tune_ext import FINISHED, STUDY_KEY, counted_trials
+    from search.tune_ext import FINISHED, STUDY_KEY, counted_trials, read_state
 
     search, store = load_settings(phase.name, phase.storage)
     storage = optuna_storage(search, store)
-    trials = tune_trials(phase.uri)
+    trials = ledger_trials(phase.uri)
     fs, root = filesystem(f"{phase.uri}/trials")
+    in_tune = {t["trial_id"] for t in read_state(fs, root) or []}
     studies = {}
     for plan in search.plans():
         mine = [t for t in trials if t["config"].get(STUDY_KEY) == plan.name]
@@ -728,15 +730,16 @@ def verify(phase: Phase, settings: BenchSettings, progress: Progress) -> dict:
         ids = [t.user_attrs.get("tune_trial_id") for t in counted]
         epochs = [[r["epoch"] for r in read_results(fs, f"{root}/{t['dir']}/{METRICS_FILE}")] for t in mine]
         studies[plan.name] = {
-            "tune_ended": sum(t["status"] in ("TERMINATED", "ERROR") for t in mine),
-            "tune_unfinished": sum(t["status"] not in ("TERMINATED", "ERROR") for t in mine),
+            "ended": sum(t["status"] in ("TERMINATED", "ERROR") for t in mine),
+            "unfinished": sum(t["status"] not in ("TERMINATED", "ERROR") for t in mine),
+            "kept": sum(t["trial_id"] not in in_tune for t in mine),
             "optuna_trials": len(counted), "optuna_unfinished": sum(t.state not in FINISHED for t in counted),
             "optuna_lost": len(everything) - len(counted),
-            "optuna_matches_tune": sorted(ids) == sorted(t["trial_id"] for t in mine),
+            "optuna_matches_ledger": sorted(ids) == sorted(t["trial_id"] for t in mine),
             "metrics_in_order": sum(e == list(range(1, len(e) + 1)) and bool(e) for e in epochs)}
     reruns = rerun_counts(progress)
-    exact = all(s["tune_ended"] == s["optuna_trials"] == s["metrics_in_order"] == settings.trials
-                and not s["tune_unfinished"] and not s["optuna_unfinished"] and s["optuna_matches_tune"]
+    exact = all(s["ended"] == s["optuna_trials"] == s["metrics_in_order"] == settings.trials
+                and not s["unfinished"] and not s["optuna_unfinished"] and s["optuna_matches_ledger"]
                 for s in studies.values())
     return {"studies": studies, **reruns,
             "passed": exact and not reruns["run_from_epoch_1_twice"] and not reruns["run_after_end"]}
@@ -816,21 +819,24 @@ def end_table(phase: dict, settings: BenchSettings) -> str:
     """The end of the search: the check, the journal's and the folder's bytes, bytes written, status seconds."""
     end, check = phase["end"], phase["check"]
     resumes = [s for s in phase["sessions"][1:] if s.get("loaded_to_new_trial_s") is not None]
-    exact = sum(s["tune_ended"] == s["optuna_trials"] == settings.trials and s["optuna_matches_tune"]
-                and not s["tune_unfinished"] for s in check["studies"].values())
+    studies = [{"ended": s.get("tune_ended"), "unfinished": s.get("tune_unfinished"),  # results before trials were kept
+                "optuna_matches_ledger": s.get("optuna_matches_tune"), "kept": 0, **s} for s in check["studies"].values()]
+    exact = sum(s["ended"] == s["optuna_trials"] == settings.trials and s["optuna_matches_ledger"]
+                and not s["unfinished"] for s in studies)
     how = "PUT and POST bodies the S3 server received" if phase["kind"] == "s3" else \
         "kernel-counted disk writes (4 kB pages) of the driver's processes"
     rows = [
-        (f"studies with exactly {settings.trials} ended trials in Tune and Optuna, one Optuna trial per Tune trial",
-         f"{exact} of {len(check['studies'])}"),
+        (f"studies with exactly {settings.trials} ended trials in the ledger and Optuna, one Optuna trial per trial",
+         f"{exact} of {len(studies)}"),
         ("metrics files with every epoch once, in order",
-         f"{sum(s['metrics_in_order'] for s in check['studies'].values()):,} of {settings.total:,}"),
+         f"{sum(s['metrics_in_order'] for s in studies):,} of {settings.total:,}"),
         ("trials run from epoch 1 twice", str(len(check["run_from_epoch_1_twice"]))),
         ("trials run again after their end", str(len(check["run_after_end"]))),
         ("trials a kill caught in their first epoch, started again from it",
          str(len(check["restarted_in_first_epoch"]))),
-        ("Optuna trials asked after the last snapshot before a kill (set aside as lost)",
-         str(sum(s["optuna_lost"] for s in check["studies"].values()))),
+        ("trials ended after the last snapshot before a kill (kept)", str(sum(s["kept"] for s in studies))),
+        ("trials running, asked after the last snapshot before a kill (set aside, asked again)",
+         str(sum(s["optuna_lost"] for s in studies))),
         ("trials resumed from a checkpoint / recorded epochs run again", f"{check['resumed_from_checkpoint']} / "
                                                                            f"{check['epochs_run_again']}"),
         ("optuna.journal at the end", show(end["journal_bytes"], "bytes")),
@@ -841,7 +847,7 @@ def end_table(phase: dict, settings: BenchSettings) -> str:
          show(resumes[-1]["loaded_to_new_trial_s"], "s") if resumes else "-"),
         ("check", "passed" if check["passed"] else "FAILED")]
     if "requests" in end:
-        rows.insert(9, ("S3 requests by method", ", ".join(f"{k} {v:,}" for k, v in sorted(end["requests"].items()))))
+        rows.insert(10, ("S3 requests by method", ", ".join(f"{k} {v:,}" for k, v in sorted(end["requests"].items()))))
     return "\n".join(["| figure | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
 
 

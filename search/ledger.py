@@ -1,9 +1,10 @@
 """The trial ledger: one typed record per trial, the only place where trial outcomes are derived.
 
-Built from a study's Tune experiment folder (Tune's saved trial statuses and configs, and each trial's
-metrics.jsonl, one line per epoch, which the trial itself writes to the storage before it reports the
-epoch: Tune's own result.json reaches the storage only with the driver's next sync); read by `status`,
-finalize, export, the plots and the searcher.
+Built from a study's Tune experiment folder (Tune's saved trial statuses and configs, with the trials a
+resume kept because they ended after Tune's last snapshot, and each trial's metrics.jsonl, one line per
+epoch, which the trial itself writes to the storage before it reports the epoch: Tune's own result.json
+reaches the storage only with the driver's next sync); read by `status`, finalize, export, the plots and
+the searcher.
 """
 from __future__ import annotations
 

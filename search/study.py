@@ -29,9 +29,10 @@ from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Sto
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
 from .tune_ext import (EPOCH, FINISHED, SET_ASIDE, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
-                       delete_stale_checkpoints, drop_older_sessions, end_finished_trials, newest_searcher_state,
-                       optuna_outcomes, quiet_result_grid, read_state, reopen_search, replace_searcher,
-                       set_aside_restarts, stand_in_checkpoints, trial_dirname)
+                       adopt_kept, delete_stale_checkpoints, drop_older_sessions, end_finished_trials,
+                       newest_searcher_state, optuna_outcomes, quiet_result_grid, read_state, read_trials, reopen_search,
+                       replace_searcher, searcher_state_from_studies, set_aside_restarts, stand_in_checkpoints, trial_dirname,
+                       write_kept)
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def snapshot_period(trials: int) -> int:
     SNAPSHOT_BYTES_PER_S allow at its full size, between 1 s and 5 minutes.
 
     A kill loses what happened since the last snapshot only in part: Optuna's record of ended trials and the
-    trials' own newest checkpoints are kept, so what is lost is the trials started after it (run again).
+    trials' own newest checkpoints are kept, so what is lost is the work of trials started after it and still
+    running (they are run again).
     """
     return int(min(MAX_SNAPSHOT_PERIOD_S, max(1, round(trials * STATE_BYTES_PER_TRIAL / SNAPSHOT_BYTES_PER_S))))
 
@@ -148,10 +150,10 @@ def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, re
 
 
 def read_ledgers(settings: SearchSettings, plans: list[StudyPlan]) -> dict[str, list[TrialRecord] | None]:
-    """Each study's ledger (one record per trial Tune knows of it), None before the search has started. Tune's
-    saved state is read once for all (33 MB of JSON at 1,200 trials)."""
+    """Each study's ledger (one record per trial: those Tune knows of and those a resume kept), None before the
+    search has started. Tune's saved state is read once for all (33 MB of JSON at 1,200 trials)."""
     fs, root = pyarrow.fs.FileSystem.from_uri(settings.experiment_uri)
-    trials = read_state(fs, root)
+    trials = read_trials(fs, root)
     if trials is None:
         return {plan.name: None for plan in plans}
     return {plan.name: [record(plan.name, t, read_results(fs, f"{root}/{t['dir']}/{METRICS_FILE}"), settings.epochs,
@@ -290,9 +292,10 @@ def check_restorable(fs: pyarrow.fs.FileSystem, experiment: str, mux: StudyMux) 
     mux.tune_trials = {t["trial_id"] for t in trials}
     state = newest_searcher_state(fs, experiment)
     if state is None:
-        return trials
+        print("the searcher's saved state is missing or truncated (the driver was killed while Tune saved it); "
+              "rebuilding it from the Optuna studies and Tune's saved trials", flush=True)
     try:
-        mux.restore_state(state)
+        mux.restore_state(state if state is not None else searcher_state_from_studies(mux, trials))
     except Exception as e:  # noqa: BLE001 (any failure here would make Tune discard the experiment)
         reason = str(e) if isinstance(e, SearchError) else f"{type(e).__name__}: {e}"
         raise SearchError(f"cannot resume from {experiment}: {reason}; nothing was changed, the search can be "
@@ -304,7 +307,8 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
     """The search's Tuner after a stop, reconciled with the Optuna studies first.
 
     Trials the Optuna studies have as ended are marked ended in Tune's saved state (its snapshot can be
-    a moment older), so none is run again; failed trials stay failed unless `retry_failed`; a raised
+    a moment older), so none is run again; those Tune's state lacks (started after its snapshot) are kept for the
+    ledger and the scheduler (`write_kept`, `adopt_kept`); failed trials stay failed unless `retry_failed`; a raised
     budget reopens the search for new trials.
     """
     ended = {}
@@ -314,6 +318,10 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
                       for tid, state in outcomes.items() if state in FINISHED})
     fs, root = pyarrow.fs.FileSystem.from_uri(path)
     trials = check_restorable(fs, root, mux)  # Tune's state, read once: at 1,200 trials it is 33 MB of JSON
+    kept = write_kept(fs, root, mux.searchers)
+    if kept:
+        print(f"kept {kept} trial{'s' * (kept != 1)} that ended after Tune's last snapshot before the stop",
+              flush=True)
     drop_older_sessions(fs, root)
     amended = set(end_finished_trials(fs, root, ended))
     if amended:
@@ -326,6 +334,7 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
               "newest in its folder", flush=True)
     reopen_search(fs, root, {t["trial_id"] for t in resumed})
     tuner = Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=retry_failed)
+    adopt_kept(tuner, mux)
     if retry_failed:
         failed = {t["trial_id"] for t in trials if t["status"] == "ERROR"}
         for searcher in mux.searchers.values():

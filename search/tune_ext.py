@@ -8,7 +8,8 @@
   Optuna exception escape a callback.
 - `ResumableASHA`: ASHA whose rungs are refilled from the restored trials' histories on resume.
 - `CheckpointJanitor`: deletes the checkpoints of trials that have ended (their metrics stay in result.json).
-- Reading and amending Tune's experiment state file (trial ids, statuses, configs).
+- Reading and amending Tune's experiment state file (trial ids, statuses, configs), and the record of trials
+  a resume kept beside it (ended after Tune's last snapshot).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import logging
 import os
 import pickle
 import warnings
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import optuna
@@ -48,14 +50,16 @@ class DurableOptunaSearch(OptunaSearch):
 
     Every Optuna trial carries the Tune trial id and experiment name as user attributes, so that on
     resume (`restore`) the study is matched with what Tune restored: trials Optuna already finished
-    are never told again, and trials Optuna has RUNNING that Tune does not know (asked after Tune's
-    last snapshot) are marked FAIL; Tune asks new ones for the budget it still has.
+    are never told again, trials Optuna has ended that Tune does not know (they ended after Tune's last
+    snapshot) are kept, and those it has RUNNING that Tune does not know are marked FAIL; Tune asks new
+    ones for the budget it still has.
     """
 
     def __init__(self, *args: Any, n_epochs: int, experiment: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._n_epochs = n_epochs
         self._experiment = experiment
+        self.kept: dict[str, optuna.trial.FrozenTrial] = {}  # Tune trial id -> ended trial Tune does not know
 
     # -- Tune callbacks; none may raise --------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
@@ -167,30 +171,37 @@ class DurableOptunaSearch(OptunaSearch):
         self.retry(sorted(set(retry)))
 
     def reconcile(self) -> list[int]:
-        """Set aside this experiment's Optuna trials that Tune's restored state does not know; returns their
-        numbers. Such trials were asked after Tune's last snapshot (or were being asked) when the driver stopped:
-        running ones are marked FAIL, ended ones keep their result for TPE; both are marked `lost`, and the
-        search's ledger and budget count only the trials Tune knows.
+        """Match this experiment's Optuna trials with Tune's restored state; returns the numbers of those set aside.
+
+        Trials Tune does not know were asked after its last snapshot (or were being asked) when the driver
+        stopped. Ended ones are kept (`kept`): their end is in the study and their metrics in their folders, so
+        they count towards the budget and the ledger (`write_kept`). Running ones are set aside: marked FAIL and
+        `lost`, and run again as new trials.
         """
         known = {t._trial_id for t in self._ot_trials.values()}
         storage, study_id = self._ot_study._storage, self._ot_study._study_id
         ended_lost = set(self._ot_study.user_attrs.get(LOST_ATTR, []))
-        lost = []
+        lost, self.kept = [], {}
         for trial in self._ot_study.get_trials(deepcopy=False):
             # A trial without attributes was being asked when the driver stopped (asking is not atomic).
             if (trial._trial_id in known or trial.user_attrs.get(LOST_ATTR) or trial.number in ended_lost
                     or trial.user_attrs.get(EXPERIMENT_ATTR, self._experiment) != self._experiment):
+                continue
+            if trial.state == TrialState.WAITING:  # enqueued, not asked yet: it will be
+                continue
+            if trial.state in FINISHED and TUNE_TRIAL_ATTR in trial.user_attrs:
+                self.kept[trial.user_attrs[TUNE_TRIAL_ATTR]] = trial
                 continue
             if trial.state == TrialState.RUNNING:
                 storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, "asked after the driver's last snapshot")
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             else:  # an ended trial cannot be changed: the study lists it
                 ended_lost.add(trial.number)
+                storage.set_study_user_attr(study_id, LOST_ATTR, sorted(ended_lost))
             lost.append(trial.number)
         if lost:
-            storage.set_study_user_attr(study_id, LOST_ATTR, sorted(ended_lost))
-            logger.warning("trials %s were asked after the driver's last snapshot; set aside (running ones "
-                           "marked FAIL)", lost)
+            logger.warning("trials %s were running, asked after the driver's last snapshot; set aside (marked FAIL) "
+                           "and asked again", lost)
         return lost
 
     def retry(self, trial_ids: list[str]) -> None:
@@ -208,7 +219,7 @@ class DurableOptunaSearch(OptunaSearch):
 
 
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials but those set aside as lost on a resume (see DurableOptunaSearch.reconcile)."""
+    """The study's trials but those set aside on a resume (see DurableOptunaSearch.reconcile)."""
     ended_lost = set(study.user_attrs.get(LOST_ATTR, []))
     return [t for t in study.get_trials(deepcopy=False)
             if not t.user_attrs.get(LOST_ATTR) and t.number not in ended_lost]
@@ -248,8 +259,8 @@ class StudyMux(Searcher):
         return True  # every study has its space, metric and mode already
 
     def started(self, study: str) -> int:
-        """Trials of the study Tune knows of (asked and not lost)."""
-        return len(self.searchers[study]._ot_trials)
+        """Trials of the study: those Tune knows of (asked and not lost), and those a resume kept."""
+        return len(self.searchers[study]._ot_trials) + len(self.searchers[study].kept)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         open_ = [name for name in self.searchers if self.started(name) < self.budgets[name]]
@@ -287,6 +298,10 @@ class StudyMux(Searcher):
             pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore, from its copy of the searcher's state: done already when the resume restored the state
+        before Tune (`tune_trials` set, see study.check_restorable)."""
+        if self.tune_trials is not None:
+            return
         with open(checkpoint_path, "rb") as f:
             self.restore_state(pickle.load(f))
 
@@ -349,6 +364,14 @@ class StudyASHA(FIFOScheduler):
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
         self._asha(trial).on_trial_remove(tune_controller, trial)
 
+    def adopt(self, study: str, trial_id: str, history: dict[int, float]) -> None:
+        """Take in the values (epoch -> metric) of an ended trial Tune does not know, as a restored trial's are: one
+        kept on resume (it ended after Tune's last snapshot, see DurableOptunaSearch.reconcile)."""
+        stand_in = SimpleNamespace(trial_id=trial_id, config={STUDY_KEY: study})
+        metric = self._asha_options["metric"]
+        self._asha(stand_in).adopt(stand_in, [{EPOCH: epoch, TRAINING_ITERATION: epoch, metric: value}
+                                              for epoch, value in sorted(history.items())])
+
 
 class ResumableASHA(ASHAScheduler):
     """ASHA that refills its rungs from the restored trials' result histories when an experiment is resumed.
@@ -361,6 +384,13 @@ class ResumableASHA(ASHAScheduler):
         super().on_trial_add(tune_controller, trial)
         for result in restored_results(trial):
             self.on_trial_result(tune_controller, trial, result)
+
+    def adopt(self, trial: Any, results: list[dict[str, Any]]) -> None:
+        """Record an ended trial's results in the rungs (see StudyASHA.adopt)."""
+        super().on_trial_add(None, trial)
+        for result in results:
+            self.on_trial_result(None, trial, result)
+        self.on_trial_remove(None, trial)
 
 
 def restored_results(trial: Any) -> list[dict[str, Any]]:
@@ -387,6 +417,12 @@ class CalibratedStudy(FIFOScheduler):
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         for result in restored_results(trial):
+            self.rungs.record(trial.trial_id, result[getattr(self, "_time_attr", TRAINING_ITERATION)],
+                              result[self._metric])
+
+    def adopt(self, trial: Any, results: list[dict[str, Any]]) -> None:
+        """Record an ended trial's results (see StudyASHA.adopt)."""
+        for result in results:
             self.rungs.record(trial.trial_id, result[getattr(self, "_time_attr", TRAINING_ITERATION)],
                               result[self._metric])
 
@@ -452,7 +488,8 @@ def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str, trials:
     Those are of trials Tune's saved state has as ended (a driver killed after a trial's end reached the
     Optuna study but before `CheckpointJanitor` ran; once `end_finished_trials` has marked it ended, no
     callback would), and of trial folders the state does not know at all (trials started after Tune's last
-    snapshot: they are never resumed, and their Optuna trials are failed as lost).
+    snapshot: they are never resumed; ended ones are kept, running ones set aside, see
+    DurableOptunaSearch.reconcile).
     """
     resumed = {trial["dir"] for trial in trials if trial["status"] in UNFINISHED}
     try:
@@ -475,7 +512,11 @@ def trial_storage() -> tuple[pyarrow.fs.FileSystem, str]:
 
 def trial_dirname(trial: Any) -> str:
     """Short trial directory names (the default repeats every parameter)."""
-    return f"trial_{trial.trial_id}"
+    return trial_dir(trial.trial_id)
+
+
+def trial_dir(trial_id: str) -> str:
+    return f"trial_{trial_id}"
 
 
 # -- Tune's experiment state file ----------------------------------------------------------------------
@@ -495,7 +536,12 @@ def read_state(fs: pyarrow.fs.FileSystem, experiment: str) -> list[dict[str, Any
     if path is None:
         return None
     with fs.open_input_stream(path) as f:
-        state = json.loads(f.readall())
+        text = f.readall()
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as e:  # Tune copies it into a local folder in place: being written, or cut by a kill
+        raise SearchError(f"{path}: Tune's saved experiment state cannot be read ({e}); if no driver is writing "
+                          "it now, it was cut short by a kill while Tune saved it") from None
     trials = []
     for trial_json, runtime_json in state["trial_data"]:
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
@@ -505,6 +551,46 @@ def read_state(fs: pyarrow.fs.FileSystem, experiment: str) -> list[dict[str, Any
         if trial["status"] in UNFINISHED:
             trials[-1]["checkpoint"] = named_checkpoint(runtime_json)
     return trials
+
+
+KEPT_FILE = "kept-trials.json"
+
+
+def write_kept(fs: pyarrow.fs.FileSystem, experiment: str, searchers: dict[str, DurableOptunaSearch]) -> int:
+    """On resume: record the trials the searchers kept (ended after Tune's last snapshot, so not in its state) in
+    the experiment folder, in `read_state`'s form, for the ledger; returns how many. Each resume writes them all."""
+    kept = [{"trial_id": tid, "status": "ERROR" if trial.state == TrialState.FAIL else "TERMINATED",
+             "config": {**trial.params, STUDY_KEY: study}, "dir": trial_dir(tid), "last_result": {}}
+            for study, searcher in searchers.items() for tid, trial in searcher.kept.items()]
+    path = f"{experiment}/{KEPT_FILE}"
+    if kept or fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        write_atomically(fs, path, json.dumps(kept).encode())
+    return len(kept)
+
+
+def read_trials(fs: pyarrow.fs.FileSystem, experiment: str) -> list[dict[str, Any]] | None:
+    """Every trial of the experiment, as `read_state` gives them: those of Tune's saved state and those a resume
+    kept (`write_kept`); None before the experiment has started."""
+    trials = read_state(fs, experiment)
+    if trials is None:
+        return None
+    try:
+        with fs.open_input_stream(f"{experiment}/{KEPT_FILE}") as f:
+            kept = json.loads(f.readall())
+    except FileNotFoundError:
+        return trials
+    known = {t["trial_id"] for t in trials}
+    return trials + [t for t in kept if t["trial_id"] not in known]
+
+
+def adopt_kept(tuner: Any, mux: StudyMux) -> None:
+    """Give a restored Tuner's scheduler the values of the trials the searchers kept (Tune restores neither)."""
+    scheduler = tuner._local_tuner._tune_config.scheduler  # the object Tune's controller is given on fit
+    if not isinstance(scheduler, StudyASHA):
+        return
+    for study, searcher in mux.searchers.items():
+        for trial_id, trial in searcher.kept.items():
+            scheduler.adopt(study, trial_id, trial.intermediate_values)
 
 
 def named_checkpoint(runtime_json: str) -> str | None:
@@ -564,12 +650,36 @@ def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[
 
 
 def newest_searcher_state(fs: pyarrow.fs.FileSystem, experiment: str) -> dict[str, Any] | None:
-    """The searcher's state Tune restores from (its newest searcher-state-*.pkl), or None."""
+    """The searcher's state Tune restores from (its newest searcher-state-*.pkl); None if there is none or it cannot
+    be read (Tune copies it into a local folder in place, so a driver killed meanwhile leaves it truncated)."""
     names = _session_files(fs, experiment, "searcher-state-", ".pkl")
     if not names:
         return None
     with fs.open_input_stream(names[-1]) as f:
-        return pickle.loads(f.readall())
+        data = f.readall()
+    try:
+        return pickle.loads(data)
+    except (EOFError, pickle.UnpicklingError) as e:
+        logger.warning("%s cannot be read (%s: %s)", names[-1], type(e).__name__, e)
+        return None
+
+
+def searcher_state_from_studies(mux: StudyMux, trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The state `StudyMux.save` writes, rebuilt from the Optuna studies and Tune's saved `trials` (`read_state`):
+    each Optuna trial carries its Tune trial id and study. TPE's random start-up is reseeded, so that it does not
+    propose the configs the search started with again."""
+    studies = {t["trial_id"]: t["config"].get(STUDY_KEY) for t in trials}
+    searchers = {}
+    for name, searcher in mux.searchers.items():
+        searcher._sampler.reseed_rng()
+        searchers[name] = {"_ot_trials": {t.user_attrs[TUNE_TRIAL_ATTR]: t for t in counted_trials(searcher._ot_study)
+                                          if t.user_attrs.get(EXPERIMENT_ATTR) == name
+                                          and studies.get(t.user_attrs.get(TUNE_TRIAL_ATTR)) == name},
+                           "_completed_trials": set()}
+    running = {name: {t["trial_id"] for t in trials if t["status"] in UNFINISHED and studies[t["trial_id"]] == name}
+               for name in mux.searchers}
+    return {"study_of": {tid: name for tid, name in studies.items() if name in mux.searchers}, "running": running,
+            "searchers": searchers}
 
 
 def _session_files(fs: pyarrow.fs.FileSystem, experiment: str, prefix: str, suffix: str) -> list[str]:

@@ -26,14 +26,14 @@ def test_every_study_has_exactly_its_trials_ended(run):
     studies = run["check"]["studies"]
     assert len(studies) == QUICK_STUDIES
     for name, study in studies.items():
-        assert study["tune_ended"] == QUICK_TRIALS and study["tune_unfinished"] == 0, name
+        assert study["ended"] == QUICK_TRIALS and study["unfinished"] == 0, name
         assert study["metrics_in_order"] == QUICK_TRIALS, name  # every trial's epochs recorded once, in order
         assert study["optuna_unfinished"] == 0, name
 
 
-def test_every_optuna_study_holds_exactly_the_tune_trials(run):
+def test_every_optuna_study_holds_exactly_the_ledger_s_trials(run):
     for name, study in run["check"]["studies"].items():
-        assert study["optuna_trials"] == QUICK_TRIALS and study["optuna_matches_tune"], name
+        assert study["optuna_trials"] == QUICK_TRIALS and study["optuna_matches_ledger"], name
 
 
 def test_no_trial_ran_again_after_its_end(run):

@@ -1,5 +1,6 @@
-"""A search that survives kills: the driver SIGKILLed mid-trial, between Optuna's record of a trial's end and
-Tune's next snapshot, and mid-retrain, and a trial's worker killed once; then resumed to the end.
+"""A search that survives kills: the driver SIGKILLed mid-trial, between Optuna's record of trials' ends and
+Tune's next snapshot (of a trial Tune's snapshot has as running, and of one started after it), and mid-retrain,
+and a trial's worker killed once; then resumed to the end.
 
 Run with the default journal storage and with an SQLite RDB. Each driver runs in its own process group,
 killed whole (driver and the local Ray it started), as when the machine running it goes away.
@@ -19,7 +20,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.ledger import read_results
-from search.tune_ext import counted_trials, read_state
+from search.settings import SearchError
+from search.tune_ext import counted_trials, read_state, read_trials
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
 BIN = Path(sys.executable).parent
@@ -48,10 +50,10 @@ class Search:
         self.optuna_url = optuna_url
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *args: str, log: str) -> subprocess.Popen:
+    def start(self, *args: str, log: str, env: dict | None = None) -> subprocess.Popen:
         out = open(self.tmp / log, "w")
         proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp,
-                                env=ENV, start_new_session=True)
+                                env={**ENV, **(env or {})}, start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -67,9 +69,9 @@ class Search:
                           "--grace-period", "1", "--reduction-factor", "2", "--top-k", "2", "--seeds", "2", *extra,
                           log="run.log")
 
-    def resume(self, log: str) -> subprocess.Popen:
+    def resume(self, log: str, env: dict | None = None) -> subprocess.Popen:
         return self.start(BIN / "gru4rec-search", "resume", "chaos", "--storage", self.store, "--local-cpus", "2",
-                          "--no-dashboard", "--quiet", log=log)
+                          "--no-dashboard", "--quiet", log=log, env=env)
 
     def lock_holder(self) -> int | None:
         try:
@@ -84,8 +86,12 @@ class Search:
     def tune_trials(self) -> list[dict]:
         try:
             return read_state(pyarrow.fs.LocalFileSystem(), str(self.experiment)) or []
-        except (json.JSONDecodeError, OSError, KeyError):
+        except (SearchError, OSError, KeyError):
             return []  # being written
+
+    def ledger_trials(self) -> list[dict]:
+        """Tune's trials and those a resume kept (ended after Tune's last snapshot)."""
+        return read_trials(pyarrow.fs.LocalFileSystem(), str(self.experiment)) or []
 
     def optuna_trials(self, counted: bool = False) -> list:
         """The study's trials (`counted`: but those a resume set aside as lost)."""
@@ -139,8 +145,9 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
         t["status"] == "RUNNING" and len(search.results(t["dir"])) >= 1 for t in search.tune_trials()))
     search.kill(driver)
 
-    # A second driver on the same search is refused while the first runs.
-    driver = search.resume("resume1.log")
+    # A second driver on the same search is refused while the first runs. The first snapshots rarely, so that
+    # trials start and end between two of its snapshots.
+    driver = search.resume("resume1.log", env={"TUNE_GLOBAL_CHECKPOINT_S": "600"})
     search.wait_for(driver, "resume1.log", "the resumed driver's lock", lambda: search.lock_holder() == driver.pid)
     second = search.resume("second.log")
     assert second.wait(timeout=120) == 2
@@ -150,12 +157,14 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     # 2. A trial's worker process dies once (Tune retries the trial from its checkpoint) ...
     search.wait_for(driver, "resume1.log", "a running trial worker", lambda: bool(worker_pids()))
     os.kill(worker_pids()[0], signal.SIGKILL)
-    # ... and then the driver dies just after Optuna recorded a trial's end, before Tune's next snapshot.
+    # ... and then the driver dies after Optuna recorded the end of a trial Tune's snapshot has as running, and of
+    # one Tune's snapshot does not know (started after it), before Tune's next snapshot.
     def ended_in_optuna_only() -> bool:
         tune = {t["trial_id"]: t["status"] for t in search.tune_trials()}
-        return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                   and tune.get(t.user_attrs.get("tune_trial_id")) == "RUNNING" for t in search.optuna_trials())
-    search.wait_for(driver, "resume1.log", "a trial ended in Optuna but not yet in Tune's snapshot",
+        ended = [tune.get(t.user_attrs.get("tune_trial_id"), "unknown") for t in search.optuna_trials()
+                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        return "RUNNING" in ended and "unknown" in ended
+    search.wait_for(driver, "resume1.log", "trials ended in Optuna but not yet in Tune's snapshot",
                     ended_in_optuna_only)
     search.kill(driver)
 
@@ -171,9 +180,12 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     driver = search.resume("resume3.log")
     assert driver.wait(timeout=900) == 0, (search.tmp / "resume3.log").read_text()[-4000:]
 
-    # Exactly the asked trials, in Tune and in Optuna; none running; failed only as lost.
-    tune = search.tune_trials()
+    # Exactly the asked trials, in the ledger (Tune's and the kept) and in Optuna; none running; failed only as lost.
+    assert re.search(r"^kept [1-9]\d* trials? that ended after Tune's last snapshot before the stop$",
+                     (search.tmp / "resume2.log").read_text(), re.M)
+    tune = search.ledger_trials()
     assert len(tune) == TRIALS and all(t["status"] == "TERMINATED" for t in tune)
+    assert len(search.tune_trials()) < TRIALS
     trials = search.optuna_trials()
     counted = search.optuna_trials(counted=True)
     assert len(counted) == TRIALS and not any(t.state == TrialState.RUNNING for t in trials)

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from search.journal import JournalReplica
 from search.ledger import read_results
-from search.settings import Store
-from search.tune_ext import counted_trials, read_state
+from search.settings import SearchError, Store
+from search.tune_ext import counted_trials, read_state, read_trials
 
 from rsc15 import BIN, DATA, SLOW_ON_DATA, SMALL_SPACE as SPACE
 
@@ -61,7 +61,7 @@ class Hosts:
     def tune_trials(self) -> list[dict]:
         try:
             return read_state(self.fs, f"{self.root}/trials") or []
-        except (json.JSONDecodeError, OSError, KeyError):
+        except (SearchError, OSError, KeyError):
             return []
 
     def exists(self, path: str | None) -> bool:
@@ -84,8 +84,9 @@ class Hosts:
                               capture_output=True, text=True, env=self.env(host), timeout=120).stdout
 
     def check_complete(self, trials: int) -> None:
-        """Exactly `trials` trials, all ended, in Tune and in Optuna (lost asks aside), none trained twice."""
-        tune = self.tune_trials()
+        """Exactly `trials` trials, all ended, in the ledger (Tune's, and those a resume kept) and in Optuna (lost
+        asks aside), none trained twice."""
+        tune = read_trials(self.fs, f"{self.root}/trials") or []
         assert len(tune) == trials and all(t["status"] == "TERMINATED" for t in tune), \
             [(t["trial_id"], t["status"], t["last_result"].get("epoch")) for t in tune]
         counted = self.counted_optuna_trials()

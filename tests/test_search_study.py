@@ -23,9 +23,11 @@ from search.settings import SearchError, SearchSettings, Store, resolve_storage
 from search.spaces import default_space_file, read_space_text
 from search.study import largest_config
 from search.calibration import CalibratedRungs, PredictedRungs
+from search.ledger import Outcome, read_results, record
 from search.tune_ext import (STAND_IN, STUDY_KEY, CalibratedStudy, CheckpointJanitor, DurableOptunaSearch,
-                             ResumableASHA, counted_trials, delete_stale_checkpoints, end_finished_trials, read_state,
-                             stand_in_checkpoints)
+                             ResumableASHA, StudyASHA, StudyMux, counted_trials, delete_stale_checkpoints,
+                             end_finished_trials, newest_searcher_state, read_state, read_trials,
+                             searcher_state_from_studies, stand_in_checkpoints, write_kept)
 
 SPACE = {"layers": IntDistribution(32, 64, step=32), "learning_rate": FloatDistribution(0.01, 0.2, step=0.01)}
 
@@ -348,24 +350,115 @@ def test_trials_asked_after_the_last_snapshot_are_failed_on_resume(tmp_path):
                              storage=journal(tmp_path / "optuna.journal")).trials[0].state == TrialState.PRUNED
 
 
-def test_trials_ended_after_the_last_snapshot_or_unknown_to_tune_are_set_aside(tmp_path):
+def kill_after_snapshot(tmp_path):
+    """A searcher whose snapshot knows trials a, b and c; then d is asked and ends, c ends, e is asked (still
+    running at the kill). Tune's own snapshot is older still: it knows a and b only. Returns the resumed mux."""
     first = durable(tmp_path / "optuna.journal")
     for trial in ("a", "b", "c"):
         first.suggest(trial)
-    first.save(str(tmp_path / "state.pkl"))  # the searcher's snapshot knows a, b and c ...
+    first.on_trial_result("a", epoch_result(1, 0.2))
+    mux = StudyMux({"xe_shared": first}, {"xe_shared": 6}, "shared", "mrr@20", "max")
+    mux.study_of = {t: "xe_shared" for t in "abc"}
+    mux.save(str(tmp_path / "state.pkl"))
     first.suggest("d")
-    first.on_trial_complete("d", epoch_result(3, 0.3))  # ... not d, which ended before the kill
+    first.on_trial_result("d", epoch_result(1, 0.3))
+    first.on_trial_complete("d", epoch_result(2, 0.35))
     first.on_trial_complete("c", epoch_result(3, 0.25))
-    resumed = durable(tmp_path / "optuna.journal")
+    first.suggest("e")
+    resumed = StudyMux({"xe_shared": durable(tmp_path / "optuna.journal")}, {"xe_shared": 6}, "shared", "mrr@20",
+                       "max")
+    resumed.tune_trials = {"a", "b"}
     with open(tmp_path / "state.pkl", "rb") as f:
-        resumed.restore_state(pickle.load(f), tune_trials={"a", "b"})  # Tune's state is older: no c
+        resumed.restore_state(pickle.load(f))
+    return resumed
+
+
+def test_trials_ended_after_the_last_snapshot_are_kept_and_running_ones_set_aside(tmp_path):
+    mux = kill_after_snapshot(tmp_path)
+    searcher = mux.searchers["xe_shared"]
     study = optuna.load_study(study_name="s/xe_shared", storage=journal(tmp_path / "optuna.journal"))
-    a, b, c, d = study.trials
-    assert c.state == d.state == TrialState.COMPLETE  # an ended trial keeps its result for TPE
-    assert study.user_attrs["lost"] == [c.number, d.number]
-    assert [t.user_attrs["tune_trial_id"] for t in counted_trials(study)] == ["a", "b"]
-    assert sorted(resumed._ot_trials) == ["a", "b"]
-    assert resumed.reconcile() == []  # set aside once
+    a, b, c, d, e = study.trials
+    assert (c.state, d.state, e.state) == (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    assert e.user_attrs["lost"] and not c.user_attrs.get("lost") and not d.user_attrs.get("lost")
+    assert [t.user_attrs["tune_trial_id"] for t in counted_trials(study)] == ["a", "b", "c", "d"]
+    assert sorted(searcher._ot_trials) == ["a", "b"] and sorted(searcher.kept) == ["c", "d"]
+    assert mux.started("xe_shared") == 4  # two more to ask for a budget of 6
+    assert searcher.reconcile() == [] and sorted(searcher.kept) == ["c", "d"]  # the same on every resume
+
+
+def write_tune_state(folder, statuses: dict[str, str], configs: dict[str, dict] | None = None) -> None:
+    """A minimal Tune experiment state: what read_state reads of each trial."""
+    trial_data = [[json.dumps({"trial_id": tid, "status": status, "config": (configs or {}).get(tid, {}),
+                               "relative_logdir": f"trial_{tid}"}), json.dumps({"last_result": {}})]
+                  for tid, status in statuses.items()]
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+
+
+def test_kept_trials_reach_the_ledger(tmp_path):
+    mux = kill_after_snapshot(tmp_path)
+    experiment = tmp_path / "trials"
+    experiment.mkdir()
+    write_tune_state(experiment, {"a": "RUNNING", "b": "RUNNING"},
+                     {t: {"study": "xe_shared", "layers": 32} for t in "ab"})
+    for tid, values in {"a": [0.2], "b": [], "c": [0.2, 0.22, 0.25], "d": [0.3, 0.35]}.items():
+        (experiment / f"trial_{tid}").mkdir()
+        (experiment / f"trial_{tid}" / "metrics.jsonl").write_text("".join(
+            json.dumps({"mrr@20": v, "epoch": i, "training_iteration": i}) + "\n" for i, v in enumerate(values, 1)))
+    fs = pyarrow.fs.LocalFileSystem()
+    assert read_trials(fs, str(experiment)) == read_state(fs, str(experiment))  # before any resume kept one
+    assert write_kept(fs, str(experiment), mux.searchers) == 2
+    trials = {t["trial_id"]: t for t in read_trials(fs, str(experiment))}
+    assert sorted(trials) == ["a", "b", "c", "d"]
+    assert trials["d"]["config"] == {**mux.searchers["xe_shared"].kept["d"].params, "study": "xe_shared"}
+    records = {t: record("xe_shared", trials[t], read_results(fs, f"{experiment}/trial_{t}/metrics.jsonl"), 3,
+                         SPACE) for t in trials}
+    assert [records[t].outcome for t in "abcd"] == [Outcome.RUNNING, Outcome.RUNNING, Outcome.COMPLETE,
+                                                    Outcome.STOPPED]
+    assert records["d"].mrr == [0.3, 0.35] and set(records["d"].params) == set(SPACE)
+
+
+def test_a_truncated_searcher_state_is_rebuilt_from_the_studies(tmp_path):
+    kill_after_snapshot(tmp_path)
+    experiment = tmp_path / "trials"
+    experiment.mkdir()
+    write_tune_state(experiment, {"a": "RUNNING", "b": "TERMINATED"}, {t: {"study": "xe_shared"} for t in "ab"})
+    (experiment / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(b"\x80\x04\x95")  # cut by a kill
+    fs = pyarrow.fs.LocalFileSystem()
+    assert newest_searcher_state(fs, str(experiment)) is None
+    mux = StudyMux({"xe_shared": durable(tmp_path / "optuna.journal")}, {"xe_shared": 6}, "shared", "mrr@20", "max")
+    mux.tune_trials = {"a", "b"}
+    mux.restore_state(searcher_state_from_studies(mux, read_state(fs, str(experiment))))
+    searcher = mux.searchers["xe_shared"]
+    assert sorted(searcher._ot_trials) == ["a", "b"] and sorted(searcher.kept) == ["c", "d"]
+    assert mux.study_of == {"a": "xe_shared", "b": "xe_shared"} and mux.running == {"xe_shared": {"a"}}
+    mux.restore(str(experiment / "searcher-state-2026-01-01_00-00-00.pkl"))  # Tune's own restore: done already
+    searcher.on_trial_complete("a", epoch_result(3, 0.3))
+    study = optuna.load_study(study_name="s/xe_shared", storage=journal(tmp_path / "optuna.journal"))
+    assert study.trials[0].state == TrialState.COMPLETE and mux.started("xe_shared") == 4
+
+
+@pytest.mark.parametrize("early_stopping", ["asha", "calibrated", "predicted"])
+def test_kept_trials_count_in_the_restored_scheduler_as_if_tune_had_restored_them(tmp_path, early_stopping):
+    rng = np.random.default_rng(1)
+    histories = {f"t{i}": list(np.linspace(0.1, final, 4)[1:] + rng.normal(0, 0.01, 3))
+                 for i, final in enumerate(rng.uniform(0.2, 0.4, 12))}
+    options = dict(time_attr="epoch", metric="mrr@20", mode="max", max_t=3, grace_period=1, reduction_factor=3)
+    restored, adopted = StudyASHA(early_stopping, **options), StudyASHA(early_stopping, **options)
+    for trial_id, history in histories.items():
+        trial = fake_trial(tmp_path, trial_id, history)
+        trial.config = {STUDY_KEY: "xe_shared"}
+        restored.on_trial_add(None, trial)  # what Tuner.restore does for the trials it knows
+        restored.on_trial_complete(None, trial, {"epoch": 3, "mrr@20": history[-1]})
+        adopted.adopt("xe_shared", trial_id, dict(enumerate(history, 1)))  # a kept trial: its Optuna values
+    decisions = []
+    for value in np.linspace(0.05, 0.4, 15):
+        for scheduler in (restored, adopted):
+            new = fake_trial(tmp_path, f"new{value}-{len(decisions)}", [])
+            new.config = {STUDY_KEY: "xe_shared"}
+            scheduler.on_trial_add(None, new)
+            decisions.append(scheduler.on_trial_result(None, new, {"epoch": 1, "training_iteration": 1,
+                                                                   "mrr@20": value}))
+    assert decisions[0::2] == decisions[1::2] and "STOP" in decisions and "CONTINUE" in decisions
 
 
 def test_a_copied_search_writes_to_its_own_journal(tmp_path):
