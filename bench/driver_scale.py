@@ -38,10 +38,11 @@ Figures, and how each is measured:
 - journal bytes: the size of the Optuna journal the platform reads at the end (optuna.journal, or on S3 this
   host's replica of it).
 - status: seconds of `gru4rec-search status` at the end. resume: per resumed driver, seconds from the end of
-  its data loading (a probe on SearchData.load) to the first trial running again and to the first new trial
-  (one created by that driver) running; "at the end" is the last resume.
-- check: every study has exactly --trials ended trials in Tune's state and in its Optuna study, with one
-  Optuna trial per Tune trial (lost ones aside) and none running; every trial's metrics file has each of its
+  its data loading (a probe on SearchData.load) to its searcher's first request for a new trial (Tune restored
+  and scheduling trials), to the first trial running again and to the first new trial (one created by that
+  driver) running; "at the end" is the last resume.
+- check: every study has exactly --trials ended trials in its ledger (Tune's state and the trials a resume kept)
+  and in its Optuna study, with one Optuna trial per trial (those set aside aside) and none running; every trial's metrics file has each of its
   epochs once, in order; no trial was run from epoch 1 twice (a trial starting without a checkpoint while its
   metrics file already holds epochs, found by the replayed trial when it reads that file) and none ran again
   after its end. Trials a kill caught inside their first epoch, before they recorded anything, start again
@@ -228,6 +229,11 @@ class Progress:
     def recent(self, events: list[dict], driver: int) -> list[float]:
         """Seconds of the driver's last RECENT snapshots or uploads."""
         return [e["seconds"] for e in events if e["pid"] == driver][-RECENT:]
+
+    def first_asked(self, driver: int, after: float) -> float | None:
+        """When the driver's searcher was first asked for a new trial after `after` (Tune restored and scheduling)."""
+        return min((e["asked"] for e in self.created.values() if e["pid"] == driver and e["asked"] > after),
+                   default=None)
 
     def first_begin(self, after: float, new_of: int | None = None) -> float | None:
         """When the first trial began after `after` (only trials created by driver `new_of`, if given)."""
@@ -669,10 +675,11 @@ class DriverRun:
         loaded = self.progress.loaded.get(pid)
         first = self.progress.first_begin(loaded) if loaded else None
         new = self.progress.first_begin(loaded, new_of=pid) if loaded else None
+        asked = self.progress.first_asked(pid, loaded) if loaded else None
         self.record.update(
             how=how, stopped=time.time(), ended_after=len(self.progress.ended), peak_rss_bytes=self.peak,
             to_loaded_s=loaded - started if loaded else None, loaded_to_first_trial_s=first - loaded if first else None,
-            loaded_to_new_trial_s=new - loaded if new else None,
+            loaded_to_new_trial_s=new - loaded if new else None, loaded_to_asked_s=asked - loaded if asked else None,
             written_bytes=(self.written_so_far() - self.record["written_before"] if self.storage.s3
                            else self.local_written()))
         if how in ("failed", "stalled"):
@@ -804,14 +811,14 @@ def milestone_table(phase: dict) -> str:
 def session_table(phase: dict) -> str:
     """One line per driver run: how it began and ended, its resume times, memory and bytes written."""
     lines = ["| driver | trials ended at its start / end | how it ended | waited for the lease | "
-             "command to data loaded | data loaded to first trial running | to first new trial running | peak RSS | "
-             "written to storage |",
-             "|" + "---|" * 9]
+             "command to data loaded | data loaded to first new trial asked | to first trial running | "
+             "to first new trial running | peak RSS | written to storage |",
+             "|" + "---|" * 10]
     for i, s in enumerate(phase["sessions"]):
         lines.append(f"| {session_label(i)} | {s['ended_before']:,} / {s.get('ended_after', 0):,} | "
                      f"{s['how']} | {maybe(s['lease_wait_s'] or None, 's')} | {maybe(s.get('to_loaded_s'), 's')} | "
-                     f"{maybe(s.get('loaded_to_first_trial_s'), 's')} | {maybe(s.get('loaded_to_new_trial_s'), 's')} | "
-                     f"{show(s.get('peak_rss_bytes', 0), 'bytes')} | {show(s.get('written_bytes', 0), 'bytes')} |")
+                     f"{maybe(s.get('loaded_to_asked_s'), 's')} | {maybe(s.get('loaded_to_first_trial_s'), 's')} | "
+                     f"{maybe(s.get('loaded_to_new_trial_s'), 's')} | {show(s.get('peak_rss_bytes', 0), 'bytes')} | {show(s.get('written_bytes', 0), 'bytes')} |")
     return "\n".join(lines)
 
 

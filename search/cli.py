@@ -4,29 +4,32 @@ Local by default (an embedded Ray with its dashboard); `--address auto` or `--ad
 same search on a cluster, and so does submitting it as a Ray job, which puts its logs in the dashboard:
     ray job submit --address http://HEAD:8265 --working-dir . -- /abs/path/.venv/bin/gru4rec-search run ...
 On several nodes, --storage must be shared (an NFS path or s3://bucket/prefix).
+
+The commands that run the search (run, resume, export, dashboard) import Ray, torch and the trainer when they run;
+`status` reads the search folder without them, and answers in a second or two.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import NoReturn, Sequence
-
-import ray
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from gru4rec import ConfigError, DataError
 
 from .calibration import RUNG_RULES, describe, from_histories
-from .cluster import MAX_TRIALS_PER_GPU, Resources, connect_ray, plan_resources
-from .finalize import correlation_notes, export, finalize
 from .ledger import Outcome, best, rung_correlations, rung_epochs
 from .lease import DriverLock, driver_line
-from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EARLY_STOPPING, EXPERIMENT, NAME_PATTERN, POLICIES,
-                       SETTINGS_FILE, SearchError, SearchSettings, Store, is_uri, resolve_storage)
+from .progress import correlation_notes, study_progress
+from .settings import (CHECKPOINT_EVERY, DEFAULT_STORAGE, EARLY_STOPPING, EXPERIMENT, MAX_TRIALS_PER_GPU,
+                       NAME_PATTERN, POLICIES, SETTINGS_FILE, SearchError, SearchSettings, Store, is_uri,
+                       resolve_storage)
 from .spaces import (SpaceError, canonical_loss, default_space_file, parse_fixed, parse_losses, parse_modes,
                      read_space_text)
-from .study import SearchData, checkpoint_bound, largest_config, optuna_storage, run_search, study_progress
-from .warmstart import warm_configs
+
+if TYPE_CHECKING:
+    from .cluster import Resources
+    from .study import SearchData
 
 PROG = "gru4rec-search"
 USER_ERRORS = (SearchError, SpaceError, ConfigError, DataError)
@@ -118,6 +121,7 @@ def new_search_store(settings: SearchSettings) -> Store:
 
 def prepare(settings: SearchSettings) -> SearchData:
     """Every check that can fail on user input, before Ray starts: data files, their contents, Optuna storage."""
+    from .study import SearchData
     settings.check_data()
     return SearchData.load(settings)
 
@@ -172,6 +176,12 @@ def execute(settings: SearchSettings, store: Store, data: SearchData, args: argp
 
     A new search's trial resources are resolved once Ray is up and saved, so a resume reuses them.
     """
+    import ray
+
+    from .cluster import connect_ray, plan_resources
+    from .finalize import finalize
+    from .study import checkpoint_bound, largest_config, optuna_storage, run_search
+    from .warmstart import warm_configs
     remote = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if remote and not is_uri(settings.storage):
         print(f"note: on several nodes --storage must be shared (NFS or s3://...); it is {settings.storage}")
@@ -286,12 +296,14 @@ def tidy_value(value) -> str:
 
 def saved_resources(settings: SearchSettings) -> Resources:
     """The trial resources the search was started with (saved in search.json)."""
+    from .cluster import Resources
     return Resources(cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial or 0.0,
                      max_concurrent=settings.max_concurrent or 1, study_gpus=settings.study_gpus)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Rewrite paramfiles, tables and plots from the saved results, without Ray or training."""
+    from .finalize import export
     settings, store = load_settings(args.name, args.storage)
     export(settings, store, saved_resources(settings))
     print_outputs(settings, store)
@@ -301,6 +313,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard on the search's studies (the journal file, or the RDB), while the search runs or after."""
     import optuna_dashboard
+
+    from .study import optuna_storage
     settings, store = load_settings(args.name, args.storage)
     storage = optuna_storage(settings, store)
     print(f"Optuna dashboard of search {settings.name}: http://{args.host}:{args.port}/dashboard "

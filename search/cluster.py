@@ -16,10 +16,9 @@ from ray import tune
 
 from gru4rec import Config, SessionData, trial_memory
 
-from .settings import SearchError, SearchSettings
+from .settings import MAX_TRIALS_PER_GPU, SearchError, SearchSettings
 from .tune_ext import STUDY_KEY
 
-MAX_TRIALS_PER_GPU = 4  # trials of a study sharing one GPU at most; the GPU measurement (bench/gpu_check.py) sets it
 HEADROOM = 0.15  # of a GPU's memory left out of auto shares: allocator cache, fragmentation, estimate errors
 # Memory of one GPU of the types Ray names in its `accelerator_type:<name>` resource, in GiB as the driver
 # reports it, rounded down; a name that covers several sizes (A100, V100) takes the smallest.

@@ -37,14 +37,14 @@ from .cluster import Resources
 from .ledger import Outcome, TrialRecord, counts, rung_correlations
 from .settings import SearchSettings, Store
 from .spaces import StudyPlan
-from .study import optuna_storage, read_ledgers
+from .progress import correlation_notes, read_ledgers
+from .study import optuna_storage
 from .trainable import TIE_MODE, device_for_task, graphs_option
 
 if TYPE_CHECKING:  # matplotlib is imported where it plots: it costs `status` 0.6 s otherwise
     import matplotlib.pyplot as plt
 
 CUTOFFS = (1, 5, 10, 20)
-LOW_CORRELATION = 0.5  # below this Spearman rho, a rung's ranking says little about the final one
 BASELINES_FILE = "baselines.json"
 
 
@@ -354,19 +354,6 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
         if column in table:
             out[column] = table[column]
     return out
-
-
-def correlation_notes(study: str, correlations: dict[str, float | None]) -> list[str]:
-    """One line per study on how well each ASHA rung predicts the final MRR@20, with a warning when it is low."""
-    if not correlations:
-        return []
-    parts = [f"epoch {epoch}: {'-' if rho is None else f'{rho:.2f}'}" for epoch, rho in correlations.items()]
-    line = f"- {study}: Spearman rho between the MRR@20 at each ASHA rung and the final one: {', '.join(parts)}"
-    low = [epoch for epoch, rho in correlations.items() if rho is not None and rho < LOW_CORRELATION]
-    if low:
-        line += (f". WARNING: low at epoch {', '.join(low)}: the rungs there may stop good configs "
-                 "(raise --grace-period)")
-    return [line]
 
 
 def markdown_table(table: pd.DataFrame) -> str:

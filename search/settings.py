@@ -39,6 +39,7 @@ DEFAULT_STORAGE = "~/gru4rec-search"
 FINGERPRINT_BYTES = 1 << 20
 POLICIES = ("shared", "sequential")
 EARLY_STOPPING = ("asha", "calibrated", "predicted")
+MAX_TRIALS_PER_GPU = 4  # trials of a study sharing one GPU at most; the GPU measurement (bench/gpu_check.py) sets it
 # Epochs between saved training states beyond ASHA's rungs and the last epoch: at 10 epochs with the default
 # rungs (1, 3, 9) it adds none, so a trial writes 4 states instead of 10, and a kill costs at most 5 epochs.
 CHECKPOINT_EVERY = 6

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import optuna
@@ -24,13 +24,14 @@ from gru4rec.config import Config
 
 from .cluster import Resources
 from .journal import replica
-from .ledger import METRICS_FILE, UNFINISHED, Outcome, TrialRecord, counts, read_results, record
+from .ledger import UNFINISHED
+from .progress import study_progress
 from .settings import EXPERIMENT, JOURNAL_FILE, SearchError, SearchSettings, Store
 from .spaces import StudyPlan
 from .trainable import METRIC, MODE, TrialSetup, make_trainable
 from .tune_ext import (EPOCH, FINISHED, SET_ASIDE, STUDY_KEY, CheckpointJanitor, DurableOptunaSearch, StudyASHA, StudyMux,
                        adopt_kept, delete_stale_checkpoints, drop_older_sessions, end_finished_trials,
-                       newest_searcher_state, optuna_outcomes, quiet_result_grid, read_state, read_trials, reopen_search,
+                       newest_searcher_state, optuna_outcomes, quiet_result_grid, read_state, reopen_search,
                        replace_searcher, searcher_state_from_studies, set_aside_restarts, stand_in_checkpoints, trial_dirname,
                        write_kept)
 
@@ -147,54 +148,6 @@ def largest_config(plan: StudyPlan) -> Config:
 def checkpoint_bound(settings: SearchSettings, plan: StudyPlan, n_items: int, resources: Resources) -> int:
     """Bytes the checkpoints may take: two per running trial plus one, at the study space's largest model."""
     return (KEEP_CHECKPOINTS * resources.max_concurrent + 1) * training_state_bytes(largest_config(plan), n_items)
-
-
-def read_ledgers(settings: SearchSettings, plans: list[StudyPlan]) -> dict[str, list[TrialRecord] | None]:
-    """Each study's ledger (one record per trial: those Tune knows of and those a resume kept), None before the
-    search has started. Tune's saved state is read once for all (33 MB of JSON at 1,200 trials)."""
-    fs, root = pyarrow.fs.FileSystem.from_uri(settings.experiment_uri)
-    trials = read_trials(fs, root)
-    if trials is None:
-        return {plan.name: None for plan in plans}
-    return {plan.name: [record(plan.name, t, read_results(fs, f"{root}/{t['dir']}/{METRICS_FILE}"), settings.epochs,
-                               plan.space) for t in trials if t["config"].get(STUDY_KEY) == plan.name]
-            for plan in plans}
-
-
-def read_ledger(settings: SearchSettings, plan: StudyPlan) -> list[TrialRecord] | None:
-    """One study's ledger (see read_ledgers)."""
-    return read_ledgers(settings, [plan])[plan.name]
-
-
-@dataclass
-class StudyProgress:
-    """Where a study stands, from its ledger."""
-
-    plan: StudyPlan
-    records: list[TrialRecord] | None = None
-    tally: dict[Outcome, int] = field(default_factory=dict)
-
-    @property
-    def started(self) -> bool:
-        return self.records is not None
-
-    @property
-    def ended(self) -> int:
-        return sum(n for outcome, n in self.tally.items() if outcome != Outcome.RUNNING)
-
-    def finished(self, asked: int) -> bool:
-        """Whether every asked trial exists and has ended."""
-        return self.started and self.ended >= asked and self.tally.get(Outcome.RUNNING, 0) == 0
-
-
-def study_progress(settings: SearchSettings, plans: list[StudyPlan]) -> dict[str, StudyProgress]:
-    """Where each study stands, by name."""
-    ledgers = read_ledgers(settings, plans)
-    progress = {}
-    for plan in plans:
-        records = ledgers[plan.name]
-        progress[plan.name] = StudyProgress(plan, records, counts(records) if records is not None else {})
-    return progress
 
 
 def tpe_sampler(seed: int, concurrency: int) -> optuna.samplers.TPESampler:

@@ -19,7 +19,7 @@ from gru4rec import Config, read_param_file
 from .ledger import Outcome
 from .settings import SETTINGS_FILE, SearchError, SearchSettings, Store, resolve_storage
 from .spaces import LOSS_TOKENS, SPACES_DIR, Space, StudyPlan
-from .study import read_ledger
+from .progress import read_ledger
 
 TOP_OF_EARLIER_SEARCH = 5
 

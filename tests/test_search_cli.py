@@ -1,5 +1,7 @@
 """Bad input to gru4rec-search: one clear line on stderr, exit status 2, no Ray started, nothing written."""
 import json
+import subprocess
+import sys
 
 import pytest
 import ray
@@ -108,15 +110,29 @@ def test_gpus_asked_on_a_machine_without_gpu_stop_before_any_trial(splits, tmp_p
     assert not (tmp_path / "store" / "bad" / "search.json").exists()
 
 
-def test_status_of_a_search_whose_studies_have_not_started(tmp_path, capsys):
+def write_fresh_search(storage) -> None:
+    """The settings of a search named fresh whose studies have not started."""
     from search.settings import SearchSettings, Store
     from search.spaces import default_space_file, parse_losses, parse_modes
     losses = parse_losses("xe")
     space = default_space_file(losses[0])
     settings = SearchSettings(name="fresh", train="t", valid="v", train_full="f", test="x", losses=losses,
-                              modes=parse_modes("none,shared"), storage=str(tmp_path),
+                              modes=parse_modes("none,shared"), storage=str(storage),
                               spaces={losses[0]: {"source": str(space), "text": space.read_text()}})
-    Store(str(tmp_path / "fresh")).write("search.json", settings.to_json().encode())
+    Store(str(storage / "fresh")).write("search.json", settings.to_json().encode())
+
+
+def test_status_of_a_search_whose_studies_have_not_started(tmp_path, capsys):
+    write_fresh_search(tmp_path)
     assert main(["status", "fresh", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines() if "not started" in line] == ["xe_none", "xe_shared"], out
+
+
+def test_status_reads_the_search_folder_without_importing_torch(tmp_path):
+    write_fresh_search(tmp_path)
+    code = ("import sys; from search.cli import main; code = main(['status', 'fresh', '--storage', sys.argv[1]]); "
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "xe_shared" in proc.stdout and proc.stdout.splitlines()[-1] == "no torch", proc.stdout
