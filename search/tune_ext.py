@@ -290,8 +290,12 @@ class StudyMux(Searcher):
                 self.persist()
 
     def save(self, checkpoint_path: str) -> None:
+        """Tune's save at each snapshot, into its local copy of the experiment folder, which it then uploads whole:
+        the state files of the session a resume started from (O(trials)) are dropped from that copy, or every
+        snapshot would upload them again."""
         if self.persist is not None:
             self.persist()
+        drop_older_sessions(pyarrow.fs.LocalFileSystem(), os.path.dirname(os.path.abspath(checkpoint_path)))
         state = {"study_of": self.study_of, "running": self.running,
                  "searchers": {name: dict(s.__dict__) for name, s in self.searchers.items()}}
         with open(checkpoint_path, "wb") as f:
@@ -721,9 +725,10 @@ def set_aside_restarts(fs: pyarrow.fs.FileSystem, experiment: str) -> list[str]:
 def drop_older_sessions(fs: pyarrow.fs.FileSystem, experiment: str) -> int:
     """Delete the state files of the experiment's earlier sessions; returns how many.
 
-    Each resume saves its snapshots under a session name of its own, and Tune uploads every state file it
-    downloaded with each snapshot: without this, a snapshot would upload the state (O(trials)) once per
-    earlier resume; with it, twice (the state resumed from and the new one). A restore reads the newest only.
+    Each resume saves its snapshots under a session name of its own, and Tune uploads every state file of its
+    local copy of the folder with each snapshot: run on the storage before a resume, a snapshot would otherwise
+    upload the state (O(trials)) once per earlier resume, and on that local copy (`StudyMux.save`), once more for
+    the state resumed from. A restore reads the newest only.
     """
     newest = latest_state_file(fs, experiment)
     if newest is None:

@@ -3,6 +3,10 @@
 `pyproject.toml` pins Ray and Optuna to the releases this code is tested with; when a new release is allowed,
 these tests say what it changed, by name, before a resume breaks in a user's search.
 """
+import inspect
+import os
+import shutil
+
 import optuna
 import pyarrow.fs
 import pytest
@@ -10,6 +14,7 @@ import ray
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from ray.tune.search.optuna import OptunaSearch
 
 from search.tune_ext import (named_checkpoint, newest_searcher_state, read_state, reopen_search, replace_searcher,
@@ -206,3 +211,29 @@ def test_a_function_trial_restores_from_any_folder_at_its_checkpoint_s_path(tmp_
         changed("Trainable.restore's check of a checkpoint", "stand_in_checkpoints")
     assert "loaded_checkpoint = checkpoint_result.checkpoint" in inspect.getsource(FunctionTrainable.load_checkpoint), \
         changed("FunctionTrainable.load_checkpoint (it reads nothing of the checkpoint)", "stand_in_checkpoints")
+
+
+class ListingSearch(OptunaSearch):
+    """OptunaSearch that notes the folder Tune saves it into, and what that folder holds then."""
+
+    def save(self, checkpoint_path: str) -> None:
+        folder = os.path.dirname(checkpoint_path)
+        self.saved_into = (folder, sorted(os.listdir(folder)))
+        super().save(checkpoint_path)
+
+
+def test_a_resumed_session_saves_into_a_local_copy_holding_the_state_it_resumed_from(experiment, tmp_path):
+    folder, trainable = experiment
+    shutil.copytree(folder, tmp_path / "exp")
+    restored = tune.Tuner.restore(str(tmp_path / "exp"), trainable=trainable)
+    searcher = ListingSearch(space=SPACE, metric="m", mode="max")
+    replace_searcher(restored, searcher)
+    restored.fit()
+    local, names = searcher.saved_into
+    states = [n for n in names if n.startswith("experiment_state-")]
+    assert local != str(tmp_path / "exp") and len(states) == 2 and states[0] in os.listdir(folder), \
+        changed("the driver's local copy of the experiment folder (the state files of the session a restore started "
+                "from, next to the new session's, written before the searcher's)", "StudyMux.save/drop_older_sessions")
+    upload = inspect.getsource(_ExperimentCheckpointManager.sync_up_experiment_state)
+    assert "sync_up(" in upload and "driver_staging_path" in upload, \
+        changed("the upload of the whole local copy at each snapshot", "StudyMux.save/drop_older_sessions")

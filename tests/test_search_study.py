@@ -544,3 +544,14 @@ def test_the_janitor_keeps_a_running_trial_s_newest_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002", "checkpoint_000003", "metrics.jsonl"]
     CheckpointJanitor(2).on_trial_complete(0, [], trial)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_the_searcher_s_save_drops_the_state_it_was_resumed_from_from_tune_s_local_copy(tmp_path):
+    old, new = "2026-01-01_00-00-00", "2026-01-02_00-00-00"
+    for name in (f"experiment_state-{old}.json", f"search_gen_state-{old}.json", f"searcher-state-{old}.pkl",
+                 f"experiment_state-{new}.json", "tuner.pkl"):
+        (tmp_path / name).write_text("{}")
+    mux = StudyMux({"xe_shared": durable(tmp_path / "optuna.journal")}, {"xe_shared": 2}, "shared", "mrr@20", "max")
+    mux.save(str(tmp_path / f".0a1b-tmp-searcher-state-{new}.pkl"))  # as Tune saves it, before its own rename
+    assert sorted(p.name for p in tmp_path.iterdir() if "state" in p.name or p.suffix == ".pkl") == \
+        sorted([f".0a1b-tmp-searcher-state-{new}.pkl", f"experiment_state-{new}.json", "tuner.pkl"])
