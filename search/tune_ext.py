@@ -296,8 +296,9 @@ class StudyMux(Searcher):
         if self.persist is not None:
             self.persist()
         drop_older_sessions(pyarrow.fs.LocalFileSystem(), os.path.dirname(os.path.abspath(checkpoint_path)))
-        state = {"study_of": self.study_of, "running": self.running,
-                 "searchers": {name: dict(s.__dict__) for name, s in self.searchers.items()}}
+        state = {"study_of": self.study_of, "running": self.running,  # `kept` is rebuilt from the study on restore
+                 "searchers": {name: {k: v for k, v in s.__dict__.items() if k != "kept"}
+                               for name, s in self.searchers.items()}}
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 
