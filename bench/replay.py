@@ -102,21 +102,18 @@ def replay_epochs(first: int, n_epochs: int, setup: TrialSetup, curve: tuple, tr
         slept = seconds[epoch - 1]
         time.sleep(slept)
         if diverged and epoch >= diverged:
-            result = {METRIC: 0.0, RECALL: 0.0, "epoch": epoch, "diverged": 1}
-            trial_log.record(result)
-            tune.report({**result, "device": "cpu"})
+            tune.report(trial_log.record({METRIC: 0.0, RECALL: 0.0, "epoch": epoch, "diverged": 1}))
             return
         result = {METRIC: float(mrr[epoch - 1]), RECALL: float(recall[epoch - 1]), "epoch": epoch,
                   "loss": float(loss[epoch - 1]), "epoch_seconds": slept, "diverged": 0}
         if epoch not in setup.checkpoint_epochs:
-            trial_log.record(result)
-            tune.report({**result, "device": "cpu"})
+            tune.report(trial_log.record(result))
             continue
         with tempfile.TemporaryDirectory(prefix="gru4rec-replay-") as directory:
             state = Path(directory) / STATE_FILE
             state.write_text(json.dumps({"epoch": epoch}))
-            trial_log.record({**result, "checkpoint_bytes": state.stat().st_size})
-            tune.report({**result, "device": "cpu"}, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(trial_log.record({**result, "checkpoint_bytes": state.stat().st_size}),
+                        checkpoint=tune.Checkpoint.from_directory(directory))
 
 
 # -- the driver's probes ----------------------------------------------------------------------------------

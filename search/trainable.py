@@ -1,4 +1,5 @@
-"""One trial: the real GRU4Rec trainer on the trial's device, reporting validation MRR@20 and Recall@20 per epoch.
+"""One trial: the real GRU4Rec trainer on the trial's device, recording validation MRR@20, Recall@20 and the loss
+after every epoch in its folder, and reporting MRR@20 to Tune.
 
 The reports of the search's checkpoint epochs (ASHA's rungs, the last epoch, and every few epochs between)
 carry a checkpoint with the exact training state (safetensors), so Ray can resume a trial after a driver
@@ -30,7 +31,7 @@ from gru4rec.checkpoint import load_training_state, save_training_state
 
 from .ledger import METRIC, METRICS_FILE, RECALL, read_results
 from .settings import write_atomically
-from .tune_ext import STUDY_KEY, trial_storage
+from .tune_ext import EPOCH, STUDY_KEY, trial_storage
 
 MODE = "max"
 TIE_MODE = "standard"  # for validation in trials and for the test evaluation of the retrained model
@@ -108,8 +109,9 @@ class TrialLog:
         self._events = tempfile.TemporaryDirectory(prefix="gru4rec-curves-")
         self._writer = SummaryWriter(self._events.name, flush_secs=3600)
 
-    def record(self, entry: dict[str, Any]) -> None:
-        """The epoch's line in metrics.jsonl and its points on the curves, durable in the storage."""
+    def record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's line in metrics.jsonl and its points on the curves, durable in the storage; returns what the
+        trial reports to Tune of it (`reported`)."""
         now = time.perf_counter()
         spent = (self.history[-1]["time_total_s"] if self.history else 0.0) + now - self._clock
         self._clock = now
@@ -124,15 +126,24 @@ class TrialLog:
         self._writer.flush()
         for name in os.listdir(self._events.name):  # one small event file per run of the trial
             write_atomically(self.fs, f"{self.folder}/{name}", Path(self._events.name, name).read_bytes())
+        return self.reported(entry)
+
+    def reported(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """What Tune is told of an epoch: what its scheduler, the searcher and the ledger's end read (MRR@20, the
+        epoch, the device, and divergence when there is one). The rest stays in metrics.jsonl: the driver holds
+        running statistics of every number a trial reports, for every trial (about 3.5 kB each per trial), and
+        writes them in each snapshot."""
+        result = {METRIC: entry[METRIC], EPOCH: entry["epoch"], "device": self.device}
+        if entry.get("diverged"):
+            result["diverged"] = 1
+        return result
 
     def report_if_done(self, n_epochs: int) -> bool:
         """Report the last epoch again when the trial resumed from its last epoch's state (saved by a worker that
         outlived a killed driver, after Tune's snapshot), so that Tune and the searcher hear how it ended."""
         if not self.history or self.history[-1]["epoch"] < n_epochs:
             return False
-        last = self.history[-1]
-        tune.report({k: v for k, v in last.items() if k not in ("training_iteration", "time_total_s",
-                                                                  "checkpoint_bytes", "pid")})
+        tune.report(self.reported(self.history[-1]))
         return True
 
     def close(self) -> None:
@@ -188,23 +199,20 @@ def run_trial(params: dict[str, Any], setup: TrialSetup, data: dict[str, ray.Obj
         result = {METRIC: metrics.mrr[20], RECALL: metrics.recall[20], "epoch": info.epoch, "loss": info.loss,
                   "epoch_seconds": info.seconds, "events_per_s": info.events_per_s, "diverged": 0}
         if info.epoch not in setup.checkpoint_epochs:
-            log.record(result)
-            tune.report({**result, "device": device})
+            tune.report(log.record(result))
             return
         with tempfile.TemporaryDirectory(prefix="gru4rec-trial-") as directory:
             path = Path(directory) / STATE_FILE
             save_training_state(path, trainer.state_dict())
-            log.record({**result, "checkpoint_bytes": path.stat().st_size})
-            tune.report({**result, "device": device}, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(log.record({**result, "checkpoint_bytes": path.stat().st_size}),
+                        checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
         if not log.report_if_done(config.n_epochs):
             trainer.fit(config.n_epochs, callback=report, valid=valid, cutoffs=(20,), mode=TIE_MODE)
     except TrainingError:
         # A diverged config is a bad config, not a broken worker: score it 0 so TPE learns to avoid it.
-        result = {METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch + 1, "diverged": 1}
-        log.record(result)
-        tune.report({**result, "device": device})
+        tune.report(log.record({METRIC: 0.0, RECALL: 0.0, "epoch": trainer.epoch + 1, "diverged": 1}))
     finally:
         log.close()
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pyarrow.fs
 import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.ledger import read_results
+from search.tune_ext import read_state
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
 BIN = Path(sys.executable).parent
@@ -77,6 +80,15 @@ def test_search_end_to_end(tmp_path, spawn, capsys):
             assert sorted(t.intermediate_values) == [1, 2, 3] and t.value == t.intermediate_values[3]
         assert (folder / f"{study}_history.png").stat().st_size > 0
     assert list((folder / "trials").glob("trial_*/events.out.tfevents.*")), "no TensorBoard logs"
+    # Each epoch's full record is in the trial's metrics file; Tune hears only what its scheduler and searcher read.
+    fs = pyarrow.fs.LocalFileSystem()
+    for trial in read_state(fs, str(folder / "trials")):
+        lines = read_results(fs, str(folder / "trials" / trial["dir"] / "metrics.jsonl"))
+        assert lines and all({"mrr@20", "recall@20", "loss", "epoch_seconds", "epoch"} <= set(r) for r in lines)
+        reported = set(trial["last_result"])
+        assert {"mrr@20", "epoch", "device"} <= reported and not reported & {"recall@20", "loss", "epoch_seconds",
+                                                                             "events_per_s", "diverged"}, reported
+        assert trial["last_result"]["mrr@20"] == lines[-1]["mrr@20"]
 
     # The exported paramfiles, run by `gru4rec run`, reproduce the test metrics of the winner's retrain with
     # the paramfile's seed exactly (the table reports the mean over seeds).
