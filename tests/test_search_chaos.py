@@ -19,7 +19,7 @@ import pyarrow.fs
 import pytest
 from optuna.trial import TrialState
 
-from search.ledger import read_results
+from search.ledger import UNFINISHED, read_results
 from search.settings import SearchError
 from search.tune_ext import counted_trials, read_state, read_trials
 
@@ -157,13 +157,14 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     # 2. A trial's worker process dies once (Tune retries the trial from its checkpoint) ...
     search.wait_for(driver, "resume1.log", "a running trial worker", lambda: bool(worker_pids()))
     os.kill(worker_pids()[0], signal.SIGKILL)
-    # ... and then the driver dies after Optuna recorded the end of a trial Tune's snapshot has as running, and of
-    # one Tune's snapshot does not know (started after it), before Tune's next snapshot.
+    # ... and then the driver dies after Optuna recorded the end of a trial Tune's snapshot has as unfinished (the
+    # resumed driver's first snapshot, at its first step, has its restored trials pending), and of one Tune's
+    # snapshot does not know (started after it), before Tune's next snapshot.
     def ended_in_optuna_only() -> bool:
         tune = {t["trial_id"]: t["status"] for t in search.tune_trials()}
         ended = [tune.get(t.user_attrs.get("tune_trial_id"), "unknown") for t in search.optuna_trials()
                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        return "RUNNING" in ended and "unknown" in ended
+        return any(status in UNFINISHED for status in ended) and "unknown" in ended
     search.wait_for(driver, "resume1.log", "trials ended in Optuna but not yet in Tune's snapshot",
                     ended_in_optuna_only)
     search.kill(driver)

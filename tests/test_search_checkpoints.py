@@ -13,7 +13,7 @@ import pytest
 
 from gru4rec import Config, Trainer, load_session_data
 from search.ledger import checkpoint_epochs, read_results
-from search.settings import SearchSettings
+from search.settings import SearchError, SearchSettings
 from search.tune_ext import STUDY_KEY, read_state
 
 from rsc15 import BIN, DATA, SLOW_ON_DATA, SMALL_SPACE as SPACE
@@ -35,7 +35,7 @@ def test_trials_save_at_rungs_and_end_and_a_kill_after_an_unsaved_epoch_replays_
     def trials():
         try:
             return read_state(pyarrow.fs.LocalFileSystem(), str(experiment)) or []
-        except (json.JSONDecodeError, OSError, KeyError):
+        except (SearchError, OSError, KeyError):  # being written
             return []
 
     def results(trial):
