@@ -50,10 +50,11 @@ def s3_copy(storage: str, name: str) -> tuple[str, dict[str, str], object]:
 
 
 def status_seconds(tree: str, name: str, storage: str, env: dict[str, str]) -> float:
-    """One `status` run in a fresh interpreter with TREE first on the path; raises if it fails."""
+    """One `status` run in a fresh interpreter started in TREE (`python -m` puts the working folder first on the
+    path); raises if it fails."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "search.cli", "status", name, "--storage", storage],
-                          capture_output=True, text=True, env={**os.environ, **env, "PYTHONPATH": tree})
+                          capture_output=True, text=True, env={**os.environ, **env, "PYTHONPATH": tree}, cwd=tree)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"status with {tree} failed: {proc.stderr.strip()[-2000:]}")
