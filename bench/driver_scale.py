@@ -635,9 +635,11 @@ class DriverRun:
                 continue
             now = time.time()
             starts = self.progress.trial_starts(pid, now)
+            resident = rss(pid)
+            self.peak = max(self.peak, resident or 0)  # read now, it can top the last sampled peak
             self.phase.milestones.append({
                 "target": target, "ended": len(self.progress.ended), "session": len(self.phase.sessions) - 1,
-                "rss_bytes": rss(pid), "peak_rss_bytes": self.peak,
+                "rss_bytes": resident, "peak_rss_bytes": self.peak,
                 "snapshot_s": self.progress.recent(self.progress.snapshots, pid),
                 "upload_s": self.progress.recent(self.progress.uploads, pid),
                 "trial_start_s": [s for s, _ in starts], "suggest_s": [s for _, s in starts],
