@@ -154,19 +154,24 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     assert re.fullmatch(r"gru4rec-search: error: search .* is being run by pid \d+ on .* since .*\n",
                         (search.tmp / "second.log").read_text().splitlines(keepends=True)[-1])
 
-    # 2. A trial's worker process dies once (Tune retries the trial from its checkpoint) ...
+    # 2. The driver dies after Optuna recorded the end of a trial Tune's snapshot has as unfinished (the resumed
+    # driver's first snapshot, at its first step, has its restored trials pending), and of one Tune's snapshot does
+    # not know (started after it), before Tune's next snapshot. A restored trial that ends last would leave no such
+    # moment before the final snapshot, so a trial's worker is killed (Tune retries the trial from its checkpoint)
+    # only once a restored trial has ended.
+    def ended_in_optuna() -> list[str]:
+        """Tune's snapshot's status of each trial that ended in Optuna ("unknown" where it has none)."""
+        tune = {t["trial_id"]: t["status"] for t in search.tune_trials()}
+        return [tune.get(t.user_attrs.get("tune_trial_id"), "unknown") for t in search.optuna_trials()
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    search.wait_for(driver, "resume1.log", "a restored trial ended in Optuna but not yet in Tune's snapshot",
+                    lambda: any(status in UNFINISHED for status in ended_in_optuna()))
     search.wait_for(driver, "resume1.log", "a running trial worker", lambda: bool(worker_pids()))
     os.kill(worker_pids()[0], signal.SIGKILL)
-    # ... and then the driver dies after Optuna recorded the end of a trial Tune's snapshot has as unfinished (the
-    # resumed driver's first snapshot, at its first step, has its restored trials pending), and of one Tune's
-    # snapshot does not know (started after it), before Tune's next snapshot.
-    def ended_in_optuna_only() -> bool:
-        tune = {t["trial_id"]: t["status"] for t in search.tune_trials()}
-        ended = [tune.get(t.user_attrs.get("tune_trial_id"), "unknown") for t in search.optuna_trials()
-                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    def both_ended() -> bool:
+        ended = ended_in_optuna()
         return any(status in UNFINISHED for status in ended) and "unknown" in ended
-    search.wait_for(driver, "resume1.log", "trials ended in Optuna but not yet in Tune's snapshot",
-                    ended_in_optuna_only)
+    search.wait_for(driver, "resume1.log", "a trial Tune's snapshot does not know ended in Optuna", both_ended)
     search.kill(driver)
 
     # 3. The driver dies in the middle of the retrains.

@@ -320,9 +320,7 @@ def test_trials_ended_or_started_after_the_last_snapshot_lose_their_checkpoints_
     # Tune's snapshot has a, b running and c ended; Optuna has b ended too (the driver died before the janitor ran);
     # d started after the snapshot, so Tune will never resume it.
     statuses = {"a": "RUNNING", "b": "RUNNING", "c": "TERMINATED"}
-    trial_data = [[json.dumps({"trial_id": tid, "status": status, "config": {}, "relative_logdir": f"trial_{tid}"}),
-                   json.dumps({"last_result": {}})] for tid, status in statuses.items()]
-    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    write_tune_state(tmp_path, statuses)
     for tid in [*statuses, "d"]:
         for n in range(2):
             (tmp_path / f"trial_{tid}" / f"checkpoint_00000{n}").mkdir(parents=True)
