@@ -495,17 +495,25 @@ def delete_stale_checkpoints(fs: pyarrow.fs.FileSystem, experiment: str, trials:
     callback would), and of trial folders the state does not know at all (trials started after Tune's last
     snapshot: they are never resumed; ended ones are kept, running ones set aside, see
     DurableOptunaSearch.reconcile).
+
+    The experiment folder is listed once, recursively: on object storage that is a listing request per thousand
+    files, where listing each trial folder cost a request per trial.
     """
     resumed = {trial["dir"] for trial in trials if trial["status"] in UNFINISHED}
     try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True, recursive=True))
     except OSError as e:
         logger.warning("cannot list the trial folders of %s: %s", experiment, e)
         return
+    root = experiment.rstrip("/") + "/"
     for entry in entries:
-        if (entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("trial_")
-                and entry.base_name not in resumed):
-            delete_checkpoint_dirs(fs, entry.path, entry.base_name)
+        parts = entry.path[len(root):].split("/") if entry.path.startswith(root) else []
+        if (entry.type == pyarrow.fs.FileType.Directory and len(parts) == 2 and parts[0].startswith("trial_")
+                and parts[0] not in resumed and parts[1].startswith("checkpoint_")):
+            try:
+                fs.delete_dir(entry.path)
+            except OSError as e:
+                logger.warning("cannot delete the checkpoint %s: %s", entry.path, e)
 
 
 def trial_storage() -> tuple[pyarrow.fs.FileSystem, str]:

@@ -316,22 +316,39 @@ def test_a_trial_ended_after_the_last_snapshot_is_never_told_again(tmp_path):
     assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.COMPLETE, 0.3, {1: 0.1, 3: 0.3})
 
 
-def test_trials_ended_or_started_after_the_last_snapshot_lose_their_checkpoints_on_resume(tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def experiment(request, tmp_path) -> tuple[pyarrow.fs.FileSystem, str]:
+    """An experiment folder, as (filesystem, path): on a local folder or on the local S3 server."""
+    if request.param == "local":
+        return pyarrow.fs.LocalFileSystem(), str(tmp_path)
+    return pyarrow.fs.FileSystem.from_uri(request.getfixturevalue("s3") + "/searches/one/trials")
+
+
+def put(fs: pyarrow.fs.FileSystem, path: str, text: str) -> None:
+    """Write a file, as Tune uploads one: on object storage its folders are only implied by its key."""
+    if fs.type_name == "local":
+        fs.create_dir(path.rsplit("/", 1)[0])
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def test_trials_ended_or_started_after_the_last_snapshot_lose_their_checkpoints_on_resume(experiment):
     # Tune's snapshot has a, b running and c ended; Optuna has b ended too (the driver died before the janitor ran);
     # d started after the snapshot, so Tune will never resume it.
+    fs, root = experiment
     statuses = {"a": "RUNNING", "b": "RUNNING", "c": "TERMINATED"}
-    write_tune_state(tmp_path, statuses)
+    write_tune_state(root, statuses, fs=fs)
     for tid in [*statuses, "d"]:
         for n in range(2):
-            (tmp_path / f"trial_{tid}" / f"checkpoint_00000{n}").mkdir(parents=True)
-        (tmp_path / f"trial_{tid}" / "metrics.jsonl").write_text("{}\n")
-    fs = pyarrow.fs.LocalFileSystem()
-    assert end_finished_trials(fs, str(tmp_path), {"b": "TERMINATED", "c": "TERMINATED"}) == ["b"]
-    delete_stale_checkpoints(fs, str(tmp_path), read_state(fs, str(tmp_path)))
-    assert {t["trial_id"]: t["status"] for t in read_state(fs, str(tmp_path))} == {**statuses, "b": "TERMINATED"}
-    left = {p.name: sorted(q.name for q in p.glob("checkpoint_*")) for p in tmp_path.glob("trial_*")}
-    assert left == {"trial_a": ["checkpoint_000000", "checkpoint_000001"], "trial_b": [], "trial_c": [], "trial_d": []}
-    assert all((tmp_path / f"trial_{tid}" / "metrics.jsonl").is_file() for tid in "abcd")
+            put(fs, f"{root}/trial_{tid}/checkpoint_00000{n}/state.pt", "saved")
+        put(fs, f"{root}/trial_{tid}/metrics.jsonl", "{}\n")
+    assert end_finished_trials(fs, root, {"b": "TERMINATED", "c": "TERMINATED"}) == ["b"]
+    delete_stale_checkpoints(fs, root, read_state(fs, root))
+    assert {t["trial_id"]: t["status"] for t in read_state(fs, root)} == {**statuses, "b": "TERMINATED"}
+    left = {tid: sorted(e.base_name for e in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/trial_{tid}"))
+                        if e.base_name.startswith("checkpoint_")) for tid in "abcd"}
+    assert left == {"a": ["checkpoint_000000", "checkpoint_000001"], "b": [], "c": [], "d": []}
+    assert all(fs.get_file_info(f"{root}/trial_{tid}/metrics.jsonl").is_file for tid in "abcd")
 
 
 def test_trials_asked_after_the_last_snapshot_are_failed_on_resume(tmp_path):
@@ -384,12 +401,14 @@ def test_trials_ended_after_the_last_snapshot_are_kept_and_running_ones_set_asid
     assert searcher.reconcile() == [] and sorted(searcher.kept) == ["c", "d"]  # the same on every resume
 
 
-def write_tune_state(folder, statuses: dict[str, str], configs: dict[str, dict] | None = None) -> None:
+def write_tune_state(folder, statuses: dict[str, str], configs: dict[str, dict] | None = None,
+                     fs: pyarrow.fs.FileSystem | None = None) -> None:
     """A minimal Tune experiment state: what read_state reads of each trial."""
     trial_data = [[json.dumps({"trial_id": tid, "status": status, "config": (configs or {}).get(tid, {}),
                                "relative_logdir": f"trial_{tid}"}), json.dumps({"last_result": {}})]
                   for tid, status in statuses.items()]
-    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    put(fs or pyarrow.fs.LocalFileSystem(), f"{folder}/experiment_state-2026-01-01_00-00-00.json",
+        json.dumps({"trial_data": trial_data}))
 
 
 def test_kept_trials_reach_the_ledger(tmp_path):
