@@ -600,7 +600,8 @@ def main() -> None:
             report[f"outcomes {label}"] = [o.__dict__ for o in outcomes]
             report.setdefault("paired", {})[label] = against = paired(outcomes)
             print(markdown(rows))
-            print(markdown(against))
+            if against:  # the platform against each other method, when both ran
+                print(markdown(against))
             plot(outcomes, label, curves, pool, figures / f"search-{re.sub('[^A-Za-z0-9_.-]', '-', label)}.png")
         if curves:
             target = 0.99 * pool.best_final
