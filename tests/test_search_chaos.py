@@ -177,10 +177,14 @@ def test_kills_at_three_moments_and_a_worker_kill_leave_a_complete_search(search
     # 3. The driver dies in the middle of the retrains.
     driver = search.resume("resume2.log")
     retrains = search.folder / "retrain" / "xe_shared"
-    search.wait_for(driver, "resume2.log", "a finished retrain", lambda: retrains.is_dir() and any(retrains.iterdir()),
-                    timeout=600)
+    def finished_retrains() -> dict[str, str]:
+        """Retrain results written whole (a dot-file is one being written)."""
+        if not retrains.is_dir():
+            return {}
+        return {p.name: p.read_text() for p in retrains.iterdir() if not p.name.startswith(".")}
+    search.wait_for(driver, "resume2.log", "a finished retrain", lambda: bool(finished_retrains()), timeout=600)
     search.kill(driver)
-    done_before = {p.name: p.read_text() for p in retrains.iterdir() if not p.name.startswith(".")}
+    done_before = finished_retrains()
     assert 0 < len(done_before) < 6, "the kill came after every retrain"
 
     driver = search.resume("resume3.log")
