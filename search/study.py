@@ -276,7 +276,7 @@ def restored_tuner(plans: list[StudyPlan], path: str, trainable, mux: StudyMux, 
         print(f"kept {kept} trial{'s' * (kept != 1)} that ended after Tune's last snapshot before the stop",
               flush=True)
     drop_older_sessions(fs, root)
-    amended = set(end_finished_trials(fs, root, ended))
+    amended = set(end_finished_trials(fs, root, ended, os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")))
     if amended:
         logger.info("trials %s had ended after Tune's last snapshot", sorted(amended))
     trials = [{**t, "status": ended[t["trial_id"]]} if t["trial_id"] in amended else t for t in trials]

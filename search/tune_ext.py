@@ -638,17 +638,25 @@ def stand_in_checkpoints(fs: pyarrow.fs.FileSystem, trials: list[dict[str, Any]]
     return made
 
 
-def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[str, str]) -> list[str]:
+def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[str, str],
+                        snapshot_period: str | None = None) -> list[str]:
     """Set the given statuses (TERMINATED or ERROR) of trials Tune saved as unfinished; returns their ids.
 
     Used before `Tuner.restore`: Tune's snapshot can be older than the Optuna study's record of a
     trial's end (and the trial's checkpoints already deleted), and Tune would resume such a trial.
+    `snapshot_period` (TUNE_GLOBAL_CHECKPOINT_S of this driver) replaces the saved one, which Tune's restore
+    would otherwise keep from the driver that first ran the search.
     """
     path = latest_state_file(fs, experiment)
     if path is None:
         return []
     with fs.open_input_stream(path) as f:
         state = json.loads(f.readall())
+    runner = state.get("runner_data")
+    period_changed = (snapshot_period is not None and isinstance(runner, dict)
+                      and runner.get("_checkpoint_period") != snapshot_period)
+    if period_changed:
+        runner["_checkpoint_period"] = snapshot_period
     changed = []
     for entry in state["trial_data"]:
         trial = json.loads(entry[0])
@@ -657,7 +665,7 @@ def end_finished_trials(fs: pyarrow.fs.FileSystem, experiment: str, ended: dict[
             trial["status"] = status
             entry[0] = json.dumps(trial, indent=2)
             changed.append(trial["trial_id"])
-    if changed:
+    if changed or period_changed:
         write_atomically(fs, path, json.dumps(state).encode())
     return changed
 

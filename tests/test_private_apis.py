@@ -4,6 +4,7 @@
 these tests say what it changed, by name, before a resume breaks in a user's search.
 """
 import inspect
+import json
 import os
 import shutil
 
@@ -17,7 +18,7 @@ from ray import tune
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tune_ext import (named_checkpoint, newest_searcher_state, read_state, reopen_search, replace_searcher,
+from search.tune_ext import (latest_state_file, named_checkpoint, newest_searcher_state, read_state, reopen_search, replace_searcher,
                              set_aside_restarts, trial_storage)
 
 SPACE = {"x": FloatDistribution(0.0, 1.0)}
@@ -172,6 +173,20 @@ def test_a_snapshot_saves_the_searcher_before_it_uploads():
         changed("the order of saving and uploading in a snapshot", "StudyMux.persist (the journal push)")
     assert "self._search_alg.save_to_dir(" in inspect.getsource(TuneController.save_to_dir), \
         changed("TuneController.save_to_dir saving the searcher at each snapshot", "StudyMux.persist")
+
+
+def test_a_restored_controller_takes_its_snapshot_period_from_the_saved_state(experiment):
+    from ray.tune.execution.tune_controller import TuneController
+    folder, _ = experiment
+    path = latest_state_file(pyarrow.fs.LocalFileSystem(), folder)
+    with open(path) as f:
+        runner = json.load(f)["runner_data"]
+    assert isinstance(runner, dict) and "_checkpoint_period" in runner, \
+        changed("runner_data['_checkpoint_period'] in the experiment state", "end_finished_trials(snapshot_period)")
+    restore = inspect.getsource(TuneController.__setstate__)
+    assert "self.__dict__.update(state)" in restore and "_create_checkpoint_manager()" in restore, \
+        changed("TuneController.__setstate__ rebuilding its checkpoint manager from the saved runner_data",
+                "end_finished_trials(snapshot_period)")
 
 
 def test_without_num_to_keep_a_trial_s_checkpoints_force_no_snapshot_and_callbacks_hear_of_each():

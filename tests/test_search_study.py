@@ -351,6 +351,19 @@ def test_trials_ended_or_started_after_the_last_snapshot_lose_their_checkpoints_
     assert all(fs.get_file_info(f"{root}/trial_{tid}/metrics.jsonl").is_file for tid in "abcd")
 
 
+def test_a_resume_snapshots_at_its_own_period_not_the_first_driver_s(tmp_path):
+    # Tune's restore takes its snapshot period from the saved state; the resumed driver's period replaces it.
+    fs, root = pyarrow.fs.LocalFileSystem(), str(tmp_path)
+    write_tune_state(root, {"a": "RUNNING"})
+    path = f"{root}/experiment_state-2026-01-01_00-00-00.json"
+    state = json.loads((tmp_path / path.rsplit("/", 1)[1]).read_text())
+    put(fs, path, json.dumps({**state, "runner_data": {"_checkpoint_period": "5", "_iteration": 7}}))
+    assert end_finished_trials(fs, root, {}, "600") == []
+    saved = json.loads((tmp_path / path.rsplit("/", 1)[1]).read_text())
+    assert saved["runner_data"] == {"_checkpoint_period": "600", "_iteration": 7}
+    assert [t["status"] for t in read_state(fs, root)] == ["RUNNING"]
+
+
 def test_trials_asked_after_the_last_snapshot_are_failed_on_resume(tmp_path):
     first = durable(tmp_path / "optuna.journal")
     first.suggest("a")
