@@ -18,8 +18,8 @@ from ray import tune
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tune_ext import (latest_state_file, named_checkpoint, newest_searcher_state, read_state, reopen_search, replace_searcher,
-                             set_aside_restarts, trial_storage)
+from search.tune_ext import (latest_state_file, named_checkpoint, newest_searcher_state, read_state, reopen_search,
+                             replace_searcher, set_aside_restarts, trial_storage)
 
 SPACE = {"x": FloatDistribution(0.0, 1.0)}
 

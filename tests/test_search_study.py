@@ -354,12 +354,9 @@ def test_trials_ended_or_started_after_the_last_snapshot_lose_their_checkpoints_
 def test_a_resume_snapshots_at_its_own_period_not_the_first_driver_s(tmp_path):
     # Tune's restore takes its snapshot period from the saved state; the resumed driver's period replaces it.
     fs, root = pyarrow.fs.LocalFileSystem(), str(tmp_path)
-    write_tune_state(root, {"a": "RUNNING"})
-    path = f"{root}/experiment_state-2026-01-01_00-00-00.json"
-    state = json.loads((tmp_path / path.rsplit("/", 1)[1]).read_text())
-    put(fs, path, json.dumps({**state, "runner_data": {"_checkpoint_period": "5", "_iteration": 7}}))
+    write_tune_state(root, {"a": "RUNNING"}, runner={"_checkpoint_period": "5", "_iteration": 7})
     assert end_finished_trials(fs, root, {}, "600") == []
-    saved = json.loads((tmp_path / path.rsplit("/", 1)[1]).read_text())
+    saved = json.loads((tmp_path / "experiment_state-2026-01-01_00-00-00.json").read_text())
     assert saved["runner_data"] == {"_checkpoint_period": "600", "_iteration": 7}
     assert [t["status"] for t in read_state(fs, root)] == ["RUNNING"]
 
@@ -415,13 +412,13 @@ def test_trials_ended_after_the_last_snapshot_are_kept_and_running_ones_set_asid
 
 
 def write_tune_state(folder, statuses: dict[str, str], configs: dict[str, dict] | None = None,
-                     fs: pyarrow.fs.FileSystem | None = None) -> None:
-    """A minimal Tune experiment state: what read_state reads of each trial."""
+                     fs: pyarrow.fs.FileSystem | None = None, runner: dict | None = None) -> None:
+    """A minimal Tune experiment state: what read_state reads of each trial (and `runner`, Tune's runner_data)."""
     trial_data = [[json.dumps({"trial_id": tid, "status": status, "config": (configs or {}).get(tid, {}),
                                "relative_logdir": f"trial_{tid}"}), json.dumps({"last_result": {}})]
                   for tid, status in statuses.items()]
-    put(fs or pyarrow.fs.LocalFileSystem(), f"{folder}/experiment_state-2026-01-01_00-00-00.json",
-        json.dumps({"trial_data": trial_data}))
+    state = {"trial_data": trial_data, **({"runner_data": runner} if runner is not None else {})}
+    put(fs or pyarrow.fs.LocalFileSystem(), f"{folder}/experiment_state-2026-01-01_00-00-00.json", json.dumps(state))
 
 
 def test_kept_trials_reach_the_ledger(tmp_path):
